@@ -2,7 +2,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -12,9 +15,10 @@ use ort::{
     value::Tensor,
 };
 use serde::{Deserialize, Serialize};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::{
+    batching,
     config::{ModelConfig, Pooling},
     digest::verify_sha256,
     error::{ModelError, Result},
@@ -54,6 +58,9 @@ pub struct EmbedderOptions {
     pub intra_threads: Option<usize>,
     /// Most texts sent to the model in one inference call; larger inputs are split.
     pub max_batch: usize,
+    /// Sort each call's texts by length and cut batches where lengths jump, so short texts are
+    /// not padded to a long one's length. Results always come back in the caller's order.
+    pub length_bucketing: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -63,6 +70,7 @@ impl Default for EmbedderOptions {
             cuda_fallback_to_cpu: false,
             intra_threads: None,
             max_batch: 32,
+            length_bucketing: true,
         }
     }
 }
@@ -104,6 +112,36 @@ impl Embeddings {
     }
 }
 
+/// What an embedder has done since it was loaded, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EmbedderStats {
+    /// Texts embedded.
+    pub texts: u64,
+    /// Inference calls made.
+    pub batches: u64,
+    /// Tokens of real text fed to the model.
+    pub tokens: u64,
+    /// Token slots fed to the model including padding (`>= tokens`).
+    pub padded_tokens: u64,
+    /// Wall time spent inside ONNX Runtime.
+    pub inference_seconds: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    texts: AtomicU64,
+    batches: AtomicU64,
+    tokens: AtomicU64,
+    padded_tokens: AtomicU64,
+    inference_nanos: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Padding {
+    id: i64,
+    type_id: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TokenInput {
     Ids,
@@ -127,8 +165,11 @@ struct Inner {
     normalize: bool,
     max_text_bytes: usize,
     max_batch: usize,
+    length_bucketing: bool,
     device: Device,
     tokenizer: Tokenizer,
+    padding: Padding,
+    stats: Counters,
     inputs: Vec<(String, TokenInput)>,
     output: String,
     session: Mutex<Session>,
@@ -158,7 +199,7 @@ impl Embedder {
             });
         }
 
-        let tokenizer = load_tokenizer(&config.tokenizer, config.max_tokens)?;
+        let (tokenizer, padding) = load_tokenizer(&config.tokenizer, config.max_tokens)?;
         let (session, device) = build_session(runtime, &config.onnx, options)?;
 
         let unsupported = |reason: String| ModelError::UnsupportedModel {
@@ -223,8 +264,11 @@ impl Embedder {
                 normalize: config.normalize,
                 max_text_bytes: config.max_text_bytes,
                 max_batch: options.max_batch,
+                length_bucketing: options.length_bucketing,
                 device,
                 tokenizer,
+                padding,
+                stats: Counters::default(),
                 inputs,
                 output,
                 session: Mutex::new(session),
@@ -232,10 +276,11 @@ impl Embedder {
         };
         if declared_dimension.is_none() {
             // The graph leaves the size symbolic; one tiny inference tells us.
-            let probe = embedder.run_batch(&["dimension probe"])?;
+            let probe = embedder.tokenize(&["dimension probe"])?;
+            let (_, dimension) = embedder.infer(&[&probe[0]])?;
             Arc::get_mut(&mut embedder.inner)
                 .expect("embedder not yet shared")
-                .dimension = probe.len();
+                .dimension = dimension;
         }
         if let Some(expected) = config.dimension
             && expected != embedder.inner.dimension
@@ -294,15 +339,39 @@ impl Embedder {
                 return Err(ModelError::EmptyText { index });
             }
         }
-        let mut data = Vec::with_capacity(texts.len() * self.inner.dimension);
-        for chunk in texts.chunks(self.inner.max_batch) {
-            let chunk: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
-            data.extend(self.run_batch(&chunk)?);
+        let encodings = self.tokenize(texts)?;
+        let dimension = self.inner.dimension;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        let ranges = if self.inner.length_bucketing {
+            order.sort_by_key(|&i| encodings[i].len());
+            let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
+            batching::plan(&lengths, self.inner.max_batch)
+        } else {
+            batching::chunks(order.len(), self.inner.max_batch)
+        };
+        let mut data = vec![0f32; encodings.len() * dimension];
+        for range in ranges {
+            let members = &order[range];
+            let batch: Vec<&Encoding> = members.iter().map(|&i| &encodings[i]).collect();
+            let (pooled, _) = self.infer(&batch)?;
+            for (row, &original) in pooled.chunks_exact(dimension).zip(members) {
+                data[original * dimension..(original + 1) * dimension].copy_from_slice(row);
+            }
         }
-        Ok(Embeddings {
-            dimension: self.inner.dimension,
-            data,
-        })
+        self.inner.stats.texts.fetch_add(texts.len() as u64, Ordering::Relaxed);
+        Ok(Embeddings { dimension, data })
+    }
+
+    /// Counters since load; cheap enough to read on every metrics scrape.
+    pub fn stats(&self) -> EmbedderStats {
+        let c = &self.inner.stats;
+        EmbedderStats {
+            texts: c.texts.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            tokens: c.tokens.load(Ordering::Relaxed),
+            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
+            inference_seconds: c.inference_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// [`Embedder::embed_batch`] on tokio's blocking pool, so async callers never stall their
@@ -314,38 +383,48 @@ impl Embedder {
             .map_err(|e| ModelError::Join(e.to_string()))?
     }
 
-    fn run_batch(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        let inner = &*self.inner;
-        let encodings = inner
+    /// Tokenises (with truncation, without padding) all texts at once.
+    fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoding>> {
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        self.inner
             .tokenizer
-            .encode_batch_fast(texts.to_vec(), true)
-            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
-        let batch = encodings.len();
-        let tokens = encodings.first().map_or(0, |e| e.get_ids().len());
-        let gather = |field: fn(&tokenizers::Encoding) -> &[u32]| -> Vec<i64> {
-            encodings
-                .iter()
-                .flat_map(|e| field(e).iter().map(|&v| i64::from(v)))
-                .collect()
+            .encode_batch_fast(texts, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))
+    }
+
+    /// One inference over `batch`, padded here to its longest member; returns the pooled (and
+    /// normalised) rows and their dimension.
+    #[tracing::instrument(level = "debug", skip_all, fields(texts = batch.len(), tokens))]
+    fn infer(&self, batch: &[&Encoding]) -> Result<(Vec<f32>, usize)> {
+        let inner = &*self.inner;
+        let rows = batch.len();
+        let width = batch.iter().map(|e| e.len()).max().unwrap_or(0);
+        tracing::Span::current().record("tokens", rows * width);
+        let padded = |field: fn(&Encoding) -> &[u32], pad: i64| -> Vec<i64> {
+            let mut out = Vec::with_capacity(rows * width);
+            for encoding in batch {
+                let values = field(encoding);
+                out.extend(values.iter().map(|&v| i64::from(v)));
+                out.resize(out.len() + (width - values.len()), pad);
+            }
+            out
         };
-        let mask = gather(tokenizers::Encoding::get_attention_mask);
-        let shape = [batch, tokens];
+        let mask = padded(Encoding::get_attention_mask, 0);
+        let shape = [rows, width];
 
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inner.inputs.len());
         for (name, kind) in &inner.inputs {
             let data = match kind {
-                TokenInput::Ids => gather(tokenizers::Encoding::get_ids),
+                TokenInput::Ids => padded(Encoding::get_ids, inner.padding.id),
                 TokenInput::AttentionMask => mask.clone(),
-                TokenInput::TypeIds => gather(tokenizers::Encoding::get_type_ids),
+                TokenInput::TypeIds => padded(Encoding::get_type_ids, inner.padding.type_id),
             };
             let tensor = Tensor::from_array((shape, data)).map_err(ModelError::inference("input tensor"))?;
             values.push((name.clone(), tensor.into()));
         }
 
-        let mut session = inner
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = Instant::now();
+        let mut session = inner.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session.run(values).map_err(ModelError::inference("run"))?;
         let output = outputs
             .get(&inner.output)
@@ -362,8 +441,7 @@ impl Embedder {
         };
         let mut pooled = match inner.pooling {
             Pooling::Mean => {
-                let hidden: ArrayView3<'_, f32> =
-                    array.view().into_dimensionality::<Ix3>().map_err(bad_shape)?;
+                let hidden: ArrayView3<'_, f32> = array.view().into_dimensionality::<Ix3>().map_err(bad_shape)?;
                 let mask = ArrayView2::from_shape(shape, &mask).map_err(bad_shape)?;
                 pooling::mean_pool(hidden, mask)
             }
@@ -375,12 +453,22 @@ impl Embedder {
         };
         drop(outputs);
         drop(session);
+        let elapsed = started.elapsed();
 
-        let dimension = pooled.len() / batch.max(1);
+        let dimension = pooled.len() / rows.max(1);
         if inner.normalize && dimension > 0 {
             pooling::l2_normalize_rows(&mut pooled, dimension);
         }
-        Ok(pooled)
+        let stats = &inner.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .tokens
+            .fetch_add(batch.iter().map(|e| e.len() as u64).sum(), Ordering::Relaxed);
+        stats.padded_tokens.fetch_add((rows * width) as u64, Ordering::Relaxed);
+        stats
+            .inference_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        Ok((pooled, dimension))
     }
 }
 
@@ -396,7 +484,7 @@ fn check_file(path: &Path, sha256: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
+fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<(Tokenizer, Padding)> {
     let corrupt = |reason: String| ModelError::CorruptTokenizer {
         path: path.to_path_buf(),
         reason,
@@ -409,14 +497,14 @@ fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
             ..Default::default()
         }))
         .map_err(|e| corrupt(e.to_string()))?;
-    // Pad to the longest text of each batch, not to a fixed length: most memories are short.
-    let padding = tokenizer.get_padding().cloned().unwrap_or_default();
-    tokenizer.with_padding(Some(PaddingParams {
-        strategy: PaddingStrategy::BatchLongest,
-        pad_to_multiple_of: None,
-        ..padding
-    }));
-    Ok(tokenizer)
+    // Padding is done per inference batch (see `Embedder::infer`), after length bucketing;
+    // the tokenizer's own (often fixed-length) padding would defeat it.
+    let padding = tokenizer.get_padding().map_or(Padding { id: 0, type_id: 0 }, |p| Padding {
+        id: i64::from(p.pad_id),
+        type_id: i64::from(p.pad_type_id),
+    });
+    tokenizer.with_padding(None);
+    Ok((tokenizer, padding))
 }
 
 fn build_session(runtime: &Runtime, onnx: &Path, options: &EmbedderOptions) -> Result<(Session, Device)> {

@@ -6,6 +6,7 @@
 //! [`Embedder`], its model id and its dimension.
 
 pub mod artifacts;
+pub mod batching;
 pub mod cache;
 pub mod config;
 pub mod digest;
@@ -17,7 +18,7 @@ pub mod runtime;
 
 pub use cache::CacheDir;
 pub use config::{ModelConfig, Pooling};
-pub use embedder::{Device, Embedder, EmbedderOptions, Embeddings};
+pub use embedder::{Device, Embedder, EmbedderOptions, EmbedderStats, Embeddings};
 pub use error::{ModelError, Result};
 pub use runtime::Runtime;
 

@@ -74,23 +74,56 @@ fn each_text_alone_matches_python_onnxruntime() {
 fn padded_batches_match_python_onnxruntime() {
     let reference = reference();
     let texts: Vec<&str> = reference.embeddings.iter().map(|r| r.text.as_str()).collect();
-    // One batch of all texts (heavy padding, including one truncated text), then batches of 5.
-    for max_batch in [64, 5] {
+    // One batch of all texts (heavy padding, including one truncated text), then batches of 5,
+    // each with and without length bucketing (which reorders texts internally).
+    for (max_batch, length_bucketing) in [(64, false), (5, false), (64, true), (5, true)] {
         let options = EmbedderOptions {
             max_batch,
+            length_bucketing,
             ..EmbedderOptions::default()
         };
         let cache = common::cache();
-        let embedder =
-            murmur_models::load_embedder(&cache, None, &common::default_config(), &options).expect("loads");
+        let embedder = murmur_models::load_embedder(&cache, None, &common::default_config(), &options)
+            .expect("loads");
         let vectors = embedder.embed_batch(&texts).expect("embeds");
         assert_eq!(vectors.len(), texts.len());
-        assert_matches_reference(
-            &format!("max_batch {max_batch}"),
-            &reference.embeddings,
-            vectors.into_vecs().into_iter(),
-        );
+        let label = format!("max_batch {max_batch}, bucketing {length_bucketing}");
+        assert_matches_reference(&label, &reference.embeddings, vectors.into_vecs().into_iter());
+        let stats = embedder.stats();
+        assert_eq!(stats.texts, texts.len() as u64, "{label}");
+        assert!(stats.padded_tokens >= stats.tokens && stats.tokens > 0, "{label}: {stats:?}");
     }
+}
+
+#[test]
+fn length_bucketing_pads_less_than_arrival_order() {
+    let reference = reference();
+    let texts: Vec<&str> = reference.embeddings.iter().map(|r| r.text.as_str()).collect();
+    let padded = |length_bucketing| {
+        let options = EmbedderOptions {
+            length_bucketing,
+            ..EmbedderOptions::default()
+        };
+        let embedder =
+            murmur_models::load_embedder(&common::cache(), None, &common::default_config(), &options).unwrap();
+        embedder.embed_batch(&texts).unwrap();
+        embedder.stats()
+    };
+    let (plain, bucketed) = (padded(false), padded(true));
+    assert_eq!(plain.tokens, bucketed.tokens, "same real tokens either way");
+    assert!(
+        bucketed.padded_tokens * 2 < plain.padded_tokens,
+        "bucketing should at least halve padding on mixed lengths: {bucketed:?} vs {plain:?}"
+    );
+}
+
+#[test]
+fn an_empty_call_embeds_nothing() {
+    let embedder = common::default_embedder();
+    let none: [&str; 0] = [];
+    let vectors = embedder.embed_batch(&none).expect("empty input is fine");
+    assert!(vectors.is_empty());
+    assert_eq!(embedder.stats().batches, 0);
 }
 
 #[test]
