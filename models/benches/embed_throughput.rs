@@ -13,8 +13,15 @@ use murmur_models::{CacheDir, Embedder, EmbedderOptions, ModelConfig, Runtime, r
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let seconds: f64 = value("--seconds").map_or(Ok(5.0), |s| s.parse()).context("--seconds")?;
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: f64 = value("--seconds")
+        .map_or(Ok(5.0), |s| s.parse())
+        .context("--seconds")?;
     let batches: Vec<usize> = value("--batches")
         .unwrap_or_else(|| "1,8,32".into())
         .split(',')
@@ -22,8 +29,11 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()
         .context("--batches")?;
 
-    let corpus = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/bench_sentences.txt"))
-        .context("reading the benchmark sentences")?;
+    let corpus = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/bench_sentences.txt"
+    ))
+    .context("reading the benchmark sentences")?;
     let sentences: Vec<&str> = corpus.lines().filter(|l| !l.trim().is_empty()).collect();
 
     let cache = CacheDir::resolve(None)?;

@@ -52,7 +52,10 @@ pub fn plan(sorted_lengths: &[usize], max_batch: usize) -> Vec<Range<usize>> {
 /// Fixed-size chunks in the given order: what a caller gets with length bucketing off.
 pub fn chunks(n: usize, max_batch: usize) -> Vec<Range<usize>> {
     let max_batch = max_batch.max(1);
-    (0..n).step_by(max_batch).map(|start| start..(start + max_batch).min(n)).collect()
+    (0..n)
+        .step_by(max_batch)
+        .map(|start| start..(start + max_batch).min(n))
+        .collect()
 }
 
 #[cfg(test)]

@@ -358,7 +358,10 @@ impl Embedder {
                 data[original * dimension..(original + 1) * dimension].copy_from_slice(row);
             }
         }
-        self.inner.stats.texts.fetch_add(texts.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .texts
+            .fetch_add(texts.len() as u64, Ordering::Relaxed);
         Ok(Embeddings { dimension, data })
     }
 
@@ -424,7 +427,10 @@ impl Embedder {
         }
 
         let started = Instant::now();
-        let mut session = inner.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = inner
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session.run(values).map_err(ModelError::inference("run"))?;
         let output = outputs
             .get(&inner.output)
@@ -441,7 +447,8 @@ impl Embedder {
         };
         let mut pooled = match inner.pooling {
             Pooling::Mean => {
-                let hidden: ArrayView3<'_, f32> = array.view().into_dimensionality::<Ix3>().map_err(bad_shape)?;
+                let hidden: ArrayView3<'_, f32> =
+                    array.view().into_dimensionality::<Ix3>().map_err(bad_shape)?;
                 let mask = ArrayView2::from_shape(shape, &mask).map_err(bad_shape)?;
                 pooling::mean_pool(hidden, mask)
             }
@@ -464,7 +471,9 @@ impl Embedder {
         stats
             .tokens
             .fetch_add(batch.iter().map(|e| e.len() as u64).sum(), Ordering::Relaxed);
-        stats.padded_tokens.fetch_add((rows * width) as u64, Ordering::Relaxed);
+        stats
+            .padded_tokens
+            .fetch_add((rows * width) as u64, Ordering::Relaxed);
         stats
             .inference_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
@@ -499,10 +508,12 @@ fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<(Tokenizer, Padding)
         .map_err(|e| corrupt(e.to_string()))?;
     // Padding is done per inference batch (see `Embedder::infer`), after length bucketing;
     // the tokenizer's own (often fixed-length) padding would defeat it.
-    let padding = tokenizer.get_padding().map_or(Padding { id: 0, type_id: 0 }, |p| Padding {
-        id: i64::from(p.pad_id),
-        type_id: i64::from(p.pad_type_id),
-    });
+    let padding = tokenizer
+        .get_padding()
+        .map_or(Padding { id: 0, type_id: 0 }, |p| Padding {
+            id: i64::from(p.pad_id),
+            type_id: i64::from(p.pad_type_id),
+        });
     tokenizer.with_padding(None);
     Ok((tokenizer, padding))
 }

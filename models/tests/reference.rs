@@ -83,15 +83,18 @@ fn padded_batches_match_python_onnxruntime() {
             ..EmbedderOptions::default()
         };
         let cache = common::cache();
-        let embedder = murmur_models::load_embedder(&cache, None, &common::default_config(), &options)
-            .expect("loads");
+        let embedder =
+            murmur_models::load_embedder(&cache, None, &common::default_config(), &options).expect("loads");
         let vectors = embedder.embed_batch(&texts).expect("embeds");
         assert_eq!(vectors.len(), texts.len());
         let label = format!("max_batch {max_batch}, bucketing {length_bucketing}");
         assert_matches_reference(&label, &reference.embeddings, vectors.into_vecs().into_iter());
         let stats = embedder.stats();
         assert_eq!(stats.texts, texts.len() as u64, "{label}");
-        assert!(stats.padded_tokens >= stats.tokens && stats.tokens > 0, "{label}: {stats:?}");
+        assert!(
+            stats.padded_tokens >= stats.tokens && stats.tokens > 0,
+            "{label}: {stats:?}"
+        );
     }
 }
 
@@ -105,7 +108,8 @@ fn length_bucketing_pads_less_than_arrival_order() {
             ..EmbedderOptions::default()
         };
         let embedder =
-            murmur_models::load_embedder(&common::cache(), None, &common::default_config(), &options).unwrap();
+            murmur_models::load_embedder(&common::cache(), None, &common::default_config(), &options)
+                .unwrap();
         embedder.embed_batch(&texts).unwrap();
         embedder.stats()
     };
