@@ -1,0 +1,287 @@
+//! The local HTTP API (see docs/agent-api.md). Bodies are parsed here rather than by axum's
+//! extractors so every rejection has the same JSON shape and the most precise status.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    error::AgentError,
+    memory::{Memory, NewMemory},
+    metrics::{RequestLabels, SearchLabels},
+    service::{Agent, SearchRequest},
+    time::format_ms,
+};
+
+/// An API error: status plus a stable machine-readable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> Self {
+        use murmur_models::ModelError;
+        let message = error.to_string();
+        let (status, code) = match &error {
+            AgentError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AgentError::Deleted(_) => (StatusCode::GONE, "deleted"),
+            AgentError::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_quota_exceeded"),
+            AgentError::Embedding(ModelError::EmptyText { .. } | ModelError::TextTooLong { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("body is not valid JSON: {e}"),
+            ),
+            Category::Data => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string())
+            }
+        }
+    })
+}
+
+fn parse_id(text: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{text:?} is not a memory id: {e}"),
+        )
+    })
+}
+
+fn memory_json(memory: &Memory, include_vector: bool) -> Value {
+    let mut value = json!({
+        "id": memory.id,
+        "namespace": memory.namespace,
+        "text": memory.text,
+        "metadata": memory.metadata,
+        "tags": memory.tags,
+        "created_at": format_ms(memory.created_at_ms),
+        "author": memory.author,
+        "model_id": memory.model_id,
+    });
+    if include_vector {
+        value["vector"] = json!(memory.vector);
+    }
+    value
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    let limits = agent.config().limits;
+    // Room for a full batch of maximal memories given as vectors, JSON overhead included.
+    let body_limit =
+        limits.max_batch * (limits.max_text_bytes + limits.max_metadata_bytes + 16 * 1024) + 64 * 1024;
+    Router::new()
+        .route("/v1/memories", post(add_one).get(list))
+        .route("/v1/memories/batch", post(add_batch))
+        .route("/v1/memories/{id}", get(get_one).delete(delete_one))
+        .route("/v1/search", post(search))
+        .route("/v1/stats", get(stats))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(middleware::from_fn_with_state(agent.clone(), observe))
+        .with_state(agent)
+}
+
+/// Counts and times every request, and maps body-size rejections to our error shape.
+async fn observe(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let span = tracing::info_span!("http", %method, %route);
+    let response = {
+        let _enter = span.enter();
+        next.run(request).await
+    };
+    let response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| v != "application/json")
+    {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body exceeds the size limit",
+        )
+        .into_response()
+    } else {
+        response
+    };
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    agent.metrics.requests.get_or_create(&labels).inc();
+    agent
+        .metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(status = labels.status, route = %labels.route, ms = started.elapsed().as_millis() as u64, "request");
+    response
+}
+
+async fn add_one(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Response> {
+    let new: NewMemory = parse_json(&body)?;
+    let stored = agent.add(vec![new]).await?;
+    let memory = &stored[0];
+    let body = json!({ "id": memory.id, "created_at": format_ms(memory.created_at_ms) });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    memories: Vec<NewMemory>,
+}
+
+async fn add_batch(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Response> {
+    let request: BatchRequest = parse_json(&body)?;
+    let stored = agent.add(request.memories).await?;
+    let ids: Vec<Uuid> = stored.iter().map(|m| m.id).collect();
+    Ok((StatusCode::CREATED, axum::Json(json!({ "ids": ids }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    #[serde(default)]
+    include_vector: bool,
+}
+
+async fn get_one(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let memory = agent.get(parse_id(&id)?)?;
+    Ok(axum::Json(memory_json(&memory, params.include_vector)))
+}
+
+async fn delete_one(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    agent.delete(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    namespace: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(agent): State<Arc<Agent>>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
+    let (memories, more) = agent.list(params.namespace.as_deref(), cursor, params.limit.unwrap_or(100))?;
+    let next_cursor = if more { memories.last().map(|m| m.id) } else { None };
+    let items: Vec<Value> = memories.iter().map(|m| memory_json(m, false)).collect();
+    Ok(axum::Json(
+        json!({ "memories": items, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn search(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<axum::Json<Value>> {
+    let request: SearchRequest = parse_json(&body)?;
+    let (hits, path) = agent.search(request).await?;
+    agent
+        .metrics
+        .searches
+        .get_or_create(&SearchLabels {
+            path: path.as_str().to_string(),
+        })
+        .inc();
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|hit| {
+            let mut value = memory_json(&hit.memory, false);
+            value["score"] = json!(hit.score);
+            value
+        })
+        .collect();
+    Ok(axum::Json(json!({ "results": results })))
+}
+
+async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<axum::Json<Value>> {
+    let stats = agent.stats()?;
+    Ok(axum::Json(serde_json::to_value(stats).unwrap_or_default()))
+}
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> axum::Json<Value> {
+    axum::Json(json!({ "status": "ok", "model_id": agent.embedder().model_id() }))
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let text = agent.metrics.render(agent.embedder_stats());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

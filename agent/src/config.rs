@@ -1,0 +1,115 @@
+//! Agent configuration: defaults for a small device, overridden by a TOML file, then by
+//! environment variables and flags (see `main.rs`).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{index::IndexSettings, memory::Limits};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the database, index and identity live.
+    pub data_dir: PathBuf,
+    /// Local HTTP API; loopback by default, since the API is not authenticated.
+    pub api_addr: SocketAddr,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+    /// Refuse writes once the database and index use this many bytes on disk (0: no quota).
+    pub disk_quota_bytes: u64,
+    /// Save the vector index at most this often while writes happen (it is also saved on
+    /// shutdown; a stale index is rebuilt from the database at start).
+    pub index_save_interval_secs: u64,
+    /// Below this many candidate memories a filtered search is answered exactly.
+    pub exact_search_threshold: usize,
+    pub index: IndexSettings,
+    pub limits: Limits,
+    pub model: ModelSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A model config TOML (murmur-models format); the default model when absent.
+    pub config: Option<PathBuf>,
+    /// Cache of fetched model and runtime files; murmur-models' default when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// ONNX Runtime library; `ORT_DYLIB_PATH` or the fetched one when absent.
+    pub runtime: Option<PathBuf>,
+    pub embedder: murmur_models::EmbedderOptions,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("murmur-data"),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7710)),
+            cache_bytes: 64 * 1024 * 1024,
+            disk_quota_bytes: 0,
+            index_save_interval_secs: 60,
+            exact_search_threshold: 4096,
+            index: IndexSettings::default(),
+            limits: Limits::default(),
+            model: ModelSection::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let config: Self =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("checking config {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.limits.max_batch >= 1, "limits.max_batch must be at least 1");
+        anyhow::ensure!(
+            self.limits.max_text_bytes >= 1,
+            "limits.max_text_bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            self.index.connectivity >= 2,
+            "index.connectivity must be at least 2"
+        );
+        anyhow::ensure!(
+            self.index.expansion_search >= 1,
+            "index.expansion_search must be at least 1"
+        );
+        anyhow::ensure!(
+            self.index_save_interval_secs >= 1,
+            "index_save_interval_secs must be at least 1"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_files_keep_defaults_and_typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\n[index]\nquantization = \"i8\"\n").unwrap();
+        let config = AgentConfig::from_toml_file(&path).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+        assert_eq!(config.index.quantization, crate::index::Quantization::I8);
+        assert_eq!(config.index.connectivity, 16);
+        std::fs::write(&path, "data_dri = \"/x\"\n").unwrap();
+        assert!(AgentConfig::from_toml_file(&path).is_err());
+        std::fs::write(&path, "[limits]\nmax_batch = 0\n").unwrap();
+        assert!(AgentConfig::from_toml_file(&path).is_err());
+    }
+}

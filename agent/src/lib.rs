@@ -1,0 +1,21 @@
+//! Murmur's edge agent: memories that survive anything short of a lost disk, searchable by
+//! meaning, over a local HTTP API. See docs/ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod identity;
+pub mod index;
+pub mod memory;
+pub mod metrics;
+pub mod progress;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod time;
+
+pub use config::AgentConfig;
+pub use error::{AgentError, Result};
+pub use service::Agent;

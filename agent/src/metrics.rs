@@ -1,0 +1,171 @@
+//! Prometheus metrics of one agent, served as text at `/metrics`.
+
+use std::{sync::Mutex, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SearchLabels {
+    pub path: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RequestLabels, Histogram>,
+    pub searches: Family<SearchLabels, Counter>,
+    pub memories_written: Counter,
+    pub memories_deleted: Counter,
+    pub quota_rejections: Counter,
+    pub embedding_seconds: Histogram,
+    pub memories: Gauge,
+    pub tombstones: Gauge,
+    pub index_size: Gauge,
+    pub disk_bytes: Gauge,
+    embedded_texts: Counter,
+    embedding_batches: Counter,
+    embedded_tokens: Counter,
+    embedded_padded_tokens: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::with_prefix("murmur_agent")),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            searches: Family::default(),
+            memories_written: Counter::default(),
+            memories_deleted: Counter::default(),
+            quota_rejections: Counter::default(),
+            embedding_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            memories: Gauge::default(),
+            tombstones: Gauge::default(),
+            index_size: Gauge::default(),
+            disk_bytes: Gauge::default(),
+            embedded_texts: Counter::default(),
+            embedding_batches: Counter::default(),
+            embedded_tokens: Counter::default(),
+            embedded_padded_tokens: Counter::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register(
+                "http_requests",
+                "HTTP requests by route and status",
+                m.requests.clone(),
+            );
+            r.register(
+                "http_request_seconds",
+                "HTTP request latency",
+                m.request_seconds.clone(),
+            );
+            r.register(
+                "searches",
+                "Searches by how they were answered",
+                m.searches.clone(),
+            );
+            r.register(
+                "memories_written",
+                "Memories durably written",
+                m.memories_written.clone(),
+            );
+            r.register(
+                "memories_deleted",
+                "Memories deleted (tombstoned)",
+                m.memories_deleted.clone(),
+            );
+            r.register(
+                "quota_rejections",
+                "Writes refused by the disk quota",
+                m.quota_rejections.clone(),
+            );
+            r.register(
+                "embedding_seconds",
+                "Time to embed one request's texts",
+                m.embedding_seconds.clone(),
+            );
+            r.register("memories", "Live memories", m.memories.clone());
+            r.register("tombstones", "Deleted memories' tombstones", m.tombstones.clone());
+            r.register(
+                "index_vectors",
+                "Vectors in the search index",
+                m.index_size.clone(),
+            );
+            r.register(
+                "disk_bytes",
+                "Bytes used on disk by the database and index",
+                m.disk_bytes.clone(),
+            );
+            r.register(
+                "embedded_texts",
+                "Texts embedded by the model",
+                m.embedded_texts.clone(),
+            );
+            r.register(
+                "embedding_batches",
+                "Inference calls",
+                m.embedding_batches.clone(),
+            );
+            r.register(
+                "embedded_tokens",
+                "Real tokens fed to the model",
+                m.embedded_tokens.clone(),
+            );
+            r.register(
+                "embedded_padded_tokens",
+                "Token slots fed to the model, padding included",
+                m.embedded_padded_tokens.clone(),
+            );
+        }
+        m
+    }
+
+    pub fn observe_embedding(&self, elapsed: Duration) {
+        self.embedding_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with the embedder's counters brought up to date.
+    pub fn render(&self, embedder: murmur_models::EmbedderStats) -> String {
+        // Held across the catch-up so two scrapes cannot both add the same difference.
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let catch_up = |counter: &Counter, total: u64| {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        };
+        catch_up(&self.embedded_texts, embedder.texts);
+        catch_up(&self.embedding_batches, embedder.batches);
+        catch_up(&self.embedded_tokens, embedder.tokens);
+        catch_up(&self.embedded_padded_tokens, embedder.padded_tokens);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}

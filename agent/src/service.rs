@@ -1,0 +1,528 @@
+//! The agent's core: the store, the index derived from it, the embedder and the write path
+//! that keeps them consistent. Transport-agnostic; `api.rs` puts HTTP in front of it.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use murmur_models::{CacheDir, Embedder, ModelConfig};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    config::AgentConfig,
+    error::{AgentError, Result},
+    filter::{Filter, FilterAttrs, FilterRequest, Interner},
+    identity::Identity,
+    index::VectorIndex,
+    memory::{Memory, NewMemory, validate_namespace, validate_vector},
+    metrics::Metrics,
+    progress::Progress,
+    store::{Lookup, Store},
+    time::now_ms,
+};
+
+pub const MAX_K: usize = 1000;
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default)]
+    pub filter: FilterRequest,
+}
+
+fn default_k() -> usize {
+    10
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub memory: Memory,
+    pub score: f32,
+}
+
+/// How a search was answered, for metrics and tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPath {
+    Index,
+    FilteredIndex,
+    Exact,
+}
+
+impl SearchPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchPath::Index => "index",
+            SearchPath::FilteredIndex => "filtered_index",
+            SearchPath::Exact => "exact",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub memories: usize,
+    pub tombstones: usize,
+    pub namespaces: std::collections::BTreeMap<String, usize>,
+    pub index_size: usize,
+    pub index_memory_bytes: usize,
+    pub index_file_bytes: u64,
+    pub disk_bytes: u64,
+    pub disk_quota_bytes: u64,
+    pub model_id: String,
+    pub dimension: usize,
+    pub author: String,
+    pub generation: u64,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    store: Store,
+    index: VectorIndex,
+    embedder: Embedder,
+    identity: Identity,
+    attrs: RwLock<Attrs>,
+    /// Serialises writes so store generation, index and attrs move together.
+    write_lock: tokio::sync::Mutex<()>,
+    index_dirty: AtomicBool,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Attrs {
+    by_label: HashMap<u64, FilterAttrs>,
+    interner: Interner,
+}
+
+impl Agent {
+    /// Opens (or creates) the agent's data directory: identity, store, model, index.
+    pub fn open(config: AgentConfig) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        let identity = Identity::load_or_create(&dir.join("identity.key"))?;
+        let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
+
+        let cache = CacheDir::resolve(config.model.cache_dir.as_deref())?;
+        let model = match &config.model.config {
+            Some(path) => ModelConfig::from_toml_file(path)?,
+            None => ModelConfig::default_model(&cache),
+        };
+        let embedder = murmur_models::load_embedder(
+            &cache,
+            config.model.runtime.as_deref(),
+            &model,
+            &config.model.embedder,
+        )
+        .context("loading the embedding model (run `murmur-models fetch` first?)")?;
+        anyhow::ensure!(
+            config.limits.max_text_bytes <= embedder.max_text_bytes(),
+            "limits.max_text_bytes ({}) exceeds what the model accepts ({})",
+            config.limits.max_text_bytes,
+            embedder.max_text_bytes()
+        );
+
+        let generation = store.generation()?;
+        let (index, reason) = match VectorIndex::load(
+            dir,
+            embedder.dimension(),
+            config.index,
+            generation,
+            embedder.model_id(),
+        ) {
+            Ok(index) => (Some(index), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        let mut attrs = Attrs::default();
+        let rebuilding = index.is_none();
+        let index = match index {
+            Some(index) => index,
+            None => VectorIndex::new(embedder.dimension(), config.index)?,
+        };
+        match &reason {
+            Some(_) if store.is_empty() => tracing::info!("starting with an empty store"),
+            Some(reason) => {
+                tracing::warn!(%reason, memories = store.len(), "rebuilding the vector index from the database")
+            }
+            None => {}
+        }
+        let progress = Progress::new(
+            if rebuilding { store.len() as u64 } else { 0 },
+            "rebuilding vector index",
+        );
+        let started = Instant::now();
+        let mut skipped = 0usize;
+        for memory in store.iter() {
+            let memory = memory?;
+            if rebuilding {
+                if memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension() {
+                    index.add(memory.label, &memory.vector)?;
+                } else {
+                    skipped += 1;
+                }
+                progress.inc(1);
+            }
+            let entry = attrs.interner.attrs(&memory);
+            attrs.by_label.insert(memory.label, entry);
+        }
+        progress.finish();
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                model = embedder.model_id(),
+                "memories from another model are not searchable"
+            );
+        }
+        if rebuilding {
+            index.save(dir, generation, embedder.model_id())?;
+            tracing::info!(
+                size = index.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "vector index rebuilt and saved"
+            );
+        }
+
+        let agent = Arc::new(Self {
+            metrics: Metrics::new(),
+            config,
+            store,
+            index,
+            embedder,
+            identity,
+            attrs: RwLock::new(attrs),
+            write_lock: tokio::sync::Mutex::new(()),
+            index_dirty: AtomicBool::new(false),
+        });
+        agent.refresh_gauges();
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &PathBuf {
+        &self.config.data_dir
+    }
+
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    pub fn author(&self) -> String {
+        self.identity.public_hex()
+    }
+
+    fn attrs_read(&self) -> std::sync::RwLockReadGuard<'_, Attrs> {
+        self.attrs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attrs_write(&self) -> std::sync::RwLockWriteGuard<'_, Attrs> {
+        self.attrs.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates, embeds and durably stores memories, all or none. Returns them as stored.
+    #[tracing::instrument(skip_all, fields(count = new.len()))]
+    pub async fn add(&self, new: Vec<NewMemory>) -> Result<Vec<Memory>> {
+        if new.is_empty() {
+            return Err(AgentError::invalid("no memories given"));
+        }
+        if new.len() > self.config.limits.max_batch {
+            return Err(AgentError::invalid(format!(
+                "{} memories in one request; the limit is {}",
+                new.len(),
+                self.config.limits.max_batch
+            )));
+        }
+        let dimension = self.embedder.dimension();
+        let valid = new
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.validate(&self.config.limits, dimension).map_err(|e| match e {
+                    AgentError::InvalidInput(message) => {
+                        AgentError::InvalidInput(format!("memory #{i}: {message}"))
+                    }
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.check_quota()?;
+
+        let to_embed: Vec<String> = valid
+            .iter()
+            .filter(|m| m.vector.is_none())
+            .map(|m| m.text.clone())
+            .collect();
+        let started = Instant::now();
+        let mut embedded = if to_embed.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed_batch_async(to_embed).await?.into_vecs()
+        }
+        .into_iter();
+        self.metrics.observe_embedding(started.elapsed());
+
+        let author = self.identity.public_hex();
+        let model_id = self.embedder.model_id().to_string();
+        let _guard = self.write_lock.lock().await;
+        let now = now_ms();
+        let mut memories = Vec::with_capacity(valid.len());
+        for m in valid {
+            let vector = match m.vector {
+                Some(v) => v,
+                None => embedded
+                    .next()
+                    .ok_or_else(|| AgentError::Index("embedder returned too few vectors".into()))?,
+            };
+            memories.push(Memory {
+                id: Uuid::now_v7(),
+                namespace: m.namespace,
+                text: m.text,
+                metadata: m.metadata,
+                tags: m.tags,
+                created_at_ms: now,
+                author: author.clone(),
+                model_id: model_id.clone(),
+                vector,
+                label: self.store.next_label()?,
+            });
+        }
+        self.store.insert(&memories).await?;
+        // Durable from here on; the index and attrs are derived and rebuilt if we die now.
+        {
+            let mut attrs = self.attrs_write();
+            for memory in &memories {
+                self.index.add(memory.label, &memory.vector)?;
+                let entry = attrs.interner.attrs(memory);
+                attrs.by_label.insert(memory.label, entry);
+            }
+        }
+        self.index_dirty.store(true, Ordering::Release);
+        self.metrics.memories_written.inc_by(memories.len() as u64);
+        self.refresh_gauges();
+        Ok(memories)
+    }
+
+    pub fn get(&self, id: Uuid) -> Result<Memory> {
+        match self.store.get(id)? {
+            Lookup::Found(memory) => Ok(memory),
+            Lookup::Deleted(_) => Err(AgentError::Deleted(id.to_string())),
+            Lookup::Missing => Err(AgentError::NotFound(id.to_string())),
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let (memory, _generation) = self.store.delete(id, now_ms()).await?;
+        self.index.remove(memory.label)?;
+        self.attrs_write().by_label.remove(&memory.label);
+        self.index_dirty.store(true, Ordering::Release);
+        self.metrics.memories_deleted.inc();
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    pub fn list(
+        &self,
+        namespace: Option<&str>,
+        cursor: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<Memory>, bool)> {
+        if let Some(ns) = namespace {
+            validate_namespace(ns)?;
+        }
+        if limit == 0 || limit > MAX_LIST_LIMIT {
+            return Err(AgentError::invalid(format!("limit must be 1-{MAX_LIST_LIMIT}")));
+        }
+        self.store.list(namespace, cursor, limit)
+    }
+
+    /// Top-k memories by cosine similarity that pass the filter. Selective filters are
+    /// answered exactly over their candidates, so k results come back whenever k exist.
+    #[tracing::instrument(skip_all, fields(k = request.k, path))]
+    pub async fn search(&self, request: SearchRequest) -> Result<(Vec<Hit>, SearchPath)> {
+        if request.k == 0 || request.k > MAX_K {
+            return Err(AgentError::invalid(format!("k must be 1-{MAX_K}")));
+        }
+        let filter = Filter::compile(request.filter)?;
+        let query = match (request.query, request.vector) {
+            (Some(_), Some(_)) => return Err(AgentError::invalid("give either query or vector, not both")),
+            (None, None) => return Err(AgentError::invalid("give a query text or a vector")),
+            (Some(text), None) => {
+                if text.trim().is_empty() {
+                    return Err(AgentError::invalid("query must not be empty"));
+                }
+                if text.len() > self.config.limits.max_text_bytes {
+                    return Err(AgentError::invalid(format!(
+                        "query is {} bytes; the limit is {}",
+                        text.len(),
+                        self.config.limits.max_text_bytes
+                    )));
+                }
+                let started = Instant::now();
+                let vector = self.embedder.embed_batch_async(vec![text]).await?;
+                self.metrics.observe_embedding(started.elapsed());
+                vector.row(0).to_vec()
+            }
+            (None, Some(vector)) => {
+                validate_vector(&vector, self.embedder.dimension())?;
+                vector
+            }
+        };
+        let k = request.k;
+        let (labels, path) = if filter.is_empty() {
+            (self.index.search(&query, k, None)?, SearchPath::Index)
+        } else {
+            let candidates: Vec<u64> = {
+                let attrs = self.attrs_read();
+                attrs
+                    .by_label
+                    .iter()
+                    .filter(|(_, a)| filter.matches_attrs(a))
+                    .map(|(label, _)| *label)
+                    .collect()
+            };
+            if candidates.len() <= self.config.exact_search_threshold {
+                return Ok((self.exact(&query, k, &candidates, &filter)?, SearchPath::Exact));
+            }
+            let accept = |label: u64| -> bool {
+                let attrs_ok = self
+                    .attrs_read()
+                    .by_label
+                    .get(&label)
+                    .is_some_and(|a| filter.matches_attrs(a));
+                attrs_ok && (!filter.needs_record() || self.record_matches(label, &filter))
+            };
+            let found = self.index.search(&query, k, Some(&accept))?;
+            if found.len() < k.min(candidates.len()) && filter.needs_record() {
+                // The metadata predicate was more selective than the attrs let us see.
+                return Ok((self.exact(&query, k, &candidates, &filter)?, SearchPath::Exact));
+            }
+            (found, SearchPath::FilteredIndex)
+        };
+        tracing::Span::current().record("path", path.as_str());
+        let mut hits = Vec::with_capacity(labels.len());
+        for (label, score) in labels {
+            // A memory deleted since the search ran is simply left out.
+            if let Some(id) = self.store.id_for_label(label)?
+                && let Lookup::Found(memory) = self.store.get(id)?
+            {
+                hits.push(Hit { memory, score });
+            }
+        }
+        Ok((hits, path))
+    }
+
+    fn record_matches(&self, label: u64, filter: &Filter) -> bool {
+        matches!(self.store.id_for_label(label), Ok(Some(id))
+            if matches!(self.store.get(id), Ok(Lookup::Found(m)) if filter.matches_record(&m)))
+    }
+
+    /// Brute force over `candidates`, scoring with the stored full-precision vectors.
+    fn exact(&self, query: &[f32], k: usize, candidates: &[u64], filter: &Filter) -> Result<Vec<Hit>> {
+        let mut hits = Vec::new();
+        for &label in candidates {
+            let Some(id) = self.store.id_for_label(label)? else {
+                continue;
+            };
+            let Lookup::Found(memory) = self.store.get(id)? else {
+                continue;
+            };
+            if !filter.matches_record(&memory) || memory.vector.len() != query.len() {
+                continue;
+            }
+            let score = murmur_models::pooling::cosine(query, &memory.vector);
+            hits.push(Hit { memory, score });
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.memory.id.cmp(&b.memory.id)));
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    fn check_quota(&self) -> Result<()> {
+        let quota = self.config.disk_quota_bytes;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self.disk_bytes()?;
+        if used >= quota {
+            self.metrics.quota_rejections.inc();
+            return Err(AgentError::QuotaExceeded { used, quota });
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        Ok(self.store.size_on_disk()? + VectorIndex::file_bytes(&self.config.data_dir))
+    }
+
+    /// Saves the index if writes happened since the last save.
+    pub async fn save_index_if_dirty(&self) -> Result<bool> {
+        if !self.index_dirty.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let _guard = self.write_lock.lock().await;
+        self.index_dirty.store(false, Ordering::Release);
+        let generation = self.store.generation()?;
+        self.index
+            .save(&self.config.data_dir, generation, self.embedder.model_id())?;
+        tracing::debug!(generation, size = self.index.len(), "vector index saved");
+        Ok(true)
+    }
+
+    /// Everything durable, for a clean exit.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.save_index_if_dirty().await?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let mut namespaces = std::collections::BTreeMap::new();
+        for attrs in self.attrs_read().by_label.values() {
+            *namespaces.entry(attrs.namespace.to_string()).or_insert(0) += 1;
+        }
+        Ok(Stats {
+            memories: self.store.len(),
+            tombstones: self.store.tombstone_count(),
+            namespaces,
+            index_size: self.index.len(),
+            index_memory_bytes: self.index.memory_bytes(),
+            index_file_bytes: VectorIndex::file_bytes(&self.config.data_dir),
+            disk_bytes: self.disk_bytes()?,
+            disk_quota_bytes: self.config.disk_quota_bytes,
+            model_id: self.embedder.model_id().to_string(),
+            dimension: self.embedder.dimension(),
+            author: self.identity.public_hex(),
+            generation: self.store.generation()?,
+        })
+    }
+
+    fn refresh_gauges(&self) {
+        self.metrics.memories.set(self.store.len() as i64);
+        self.metrics.tombstones.set(self.store.tombstone_count() as i64);
+        self.metrics.index_size.set(self.index.len() as i64);
+        if let Ok(bytes) = self.disk_bytes() {
+            self.metrics.disk_bytes.set(bytes as i64);
+        }
+    }
+
+    pub fn embedder_stats(&self) -> murmur_models::EmbedderStats {
+        self.embedder.stats()
+    }
+}

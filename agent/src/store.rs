@@ -1,0 +1,274 @@
+//! The source of truth: memories in sled. Everything else (the vector index, filter caches)
+//! is derived from what is here and can be rebuilt from it.
+//!
+//! Trees: `memories` (id -> record), `by_namespace` (namespace \0 id -> ()), `labels`
+//! (index label -> id), `tombstones` (id -> deletion), `meta` (generation). A write touches
+//! them in one sled transaction and is flushed (fsync) before it is acknowledged. The
+//! generation counter moves with every write, so a saved index can tell whether it is stale.
+//! The swarm's CRDT state (murmur-sync) is meant to live in further trees of this same
+//! database and commit in the same transactions.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+};
+use uuid::Uuid;
+
+use crate::{
+    error::{AgentError, Result},
+    memory::Memory,
+};
+
+const GENERATION_KEY: &[u8] = b"generation";
+
+pub struct Store {
+    db: sled::Db,
+    memories: sled::Tree,
+    by_namespace: sled::Tree,
+    labels: sled::Tree,
+    tombstones: sled::Tree,
+    meta: sled::Tree,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub deleted_at_ms: u64,
+    pub label: u64,
+}
+
+/// What `get` finds for an id.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Memory),
+    Deleted(Tombstone),
+    Missing,
+}
+
+fn namespace_key(namespace: &str, id: &Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(namespace.len() + 17);
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransactionError<AgentError>> {
+    let current = meta.get(GENERATION_KEY)?.map(|v| decode_u64(&v)).unwrap_or(0);
+    let next = current + 1;
+    meta.insert(GENERATION_KEY, &next.to_be_bytes())?;
+    Ok(next)
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn flatten(error: TransactionError<AgentError>) -> AgentError {
+    match error {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => AgentError::Storage(e),
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        Ok(Self {
+            memories: db.open_tree("memories")?,
+            by_namespace: db.open_tree("by_namespace")?,
+            labels: db.open_tree("labels")?,
+            tombstones: db.open_tree("tombstones")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// A fresh, never reused key for the vector index.
+    pub fn next_label(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self
+            .meta
+            .get(GENERATION_KEY)?
+            .map(|v| decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Stores all of `memories` atomically and durably; returns the new generation.
+    pub async fn insert(&self, memories: &[Memory]) -> Result<u64> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = memories
+            .iter()
+            .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
+            .collect();
+        let generation = (&self.memories, &self.by_namespace, &self.labels, &self.meta)
+            .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta)| {
+                for (memory, (key, value)) in memories.iter().zip(&encoded) {
+                    tx_memories.insert(key.as_slice(), value.as_slice())?;
+                    tx_namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
+                    tx_labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+                }
+                bump_generation(tx_meta)
+            })
+            .map_err(flatten)?;
+        self.db.flush_async().await?;
+        Ok(generation)
+    }
+
+    /// Replaces a memory with its tombstone, durably. Returns what was deleted.
+    pub async fn delete(&self, id: Uuid, now_ms: u64) -> Result<(Memory, u64)> {
+        let memory = match self.get(id)? {
+            Lookup::Found(memory) => memory,
+            Lookup::Deleted(_) => return Err(AgentError::Deleted(id.to_string())),
+            Lookup::Missing => return Err(AgentError::NotFound(id.to_string())),
+        };
+        let tombstone = Tombstone {
+            deleted_at_ms: now_ms,
+            label: memory.label,
+        };
+        let tombstone_bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
+        let generation = (
+            &self.memories,
+            &self.by_namespace,
+            &self.labels,
+            &self.tombstones,
+            &self.meta,
+        )
+            .transaction(
+                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta)| {
+                    if tx_memories.remove(id.as_bytes())?.is_none() {
+                        // Deleted concurrently by another request.
+                        return Err(ConflictableTransactionError::Abort(AgentError::Deleted(
+                            id.to_string(),
+                        )));
+                    }
+                    tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
+                    tx_labels.remove(&memory.label.to_be_bytes())?;
+                    tx_tombstones.insert(id.as_bytes(), tombstone_bytes.as_slice())?;
+                    bump_generation(tx_meta)
+                },
+            )
+            .map_err(flatten)?;
+        self.db.flush_async().await?;
+        Ok((memory, generation))
+    }
+
+    pub fn get(&self, id: Uuid) -> Result<Lookup> {
+        if let Some(bytes) = self.memories.get(id.as_bytes())? {
+            return Ok(Lookup::Found(Memory::decode(id, &bytes)?));
+        }
+        if let Some(bytes) = self.tombstones.get(id.as_bytes())? {
+            let tombstone = postcard::from_bytes(&bytes).map_err(|e| AgentError::CorruptRecord {
+                key: id.to_string(),
+                reason: e.to_string(),
+            })?;
+            return Ok(Lookup::Deleted(tombstone));
+        }
+        Ok(Lookup::Missing)
+    }
+
+    pub fn id_for_label(&self, label: u64) -> Result<Option<Uuid>> {
+        Ok(self
+            .labels
+            .get(label.to_be_bytes())?
+            .and_then(|bytes| Uuid::from_slice(&bytes).ok()))
+    }
+
+    /// Memories in id (= creation time) order after `after`, at most `limit`, optionally of
+    /// one namespace. Returns them and whether more follow.
+    pub fn list(
+        &self,
+        namespace: Option<&str>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<Memory>, bool)> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let ids: Box<dyn Iterator<Item = sled::Result<Uuid>>> = match namespace {
+            Some(ns) => {
+                let start = match after {
+                    Some(after) => {
+                        let mut key = namespace_key(ns, &after);
+                        key.push(0); // strictly after
+                        key
+                    }
+                    None => namespace_key(ns, &Uuid::nil()),
+                };
+                let mut prefix = ns.as_bytes().to_vec();
+                prefix.push(0);
+                Box::new(
+                    self.by_namespace
+                        .range(start..)
+                        .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+                        .map(|item| item.map(|(k, _)| uuid_suffix(&k))),
+                )
+            }
+            None => {
+                let start = after.map_or_else(
+                    || Uuid::nil().as_bytes().to_vec(),
+                    |a| {
+                        let mut key = a.as_bytes().to_vec();
+                        key.push(0);
+                        key
+                    },
+                );
+                Box::new(
+                    self.memories
+                        .range(start..)
+                        .map(|item| item.map(|(k, _)| uuid_suffix(&k))),
+                )
+            }
+        };
+        for id in ids {
+            let id = id?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if let Lookup::Found(memory) = self.get(id)? {
+                out.push(memory);
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Every live memory, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Memory>> + '_ {
+        self.memories.iter().map(|item| {
+            let (key, value) = item?;
+            Memory::decode(uuid_suffix(&key), &value)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.memories.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memories.is_empty()
+    }
+
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn uuid_suffix(key: &[u8]) -> Uuid {
+    let start = key.len().saturating_sub(16);
+    Uuid::from_slice(&key[start..]).unwrap_or_else(|_| Uuid::nil())
+}

@@ -1,0 +1,147 @@
+//! Real agent processes for the integration tests: spawned from the built binary, on an
+//! ephemeral loopback port, with their own data directory.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use murmur_agent::client::Client;
+use serde_json::{Value, json};
+
+pub struct AgentProcess {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub client: Client,
+}
+
+impl AgentProcess {
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let addr_file = data_dir.join("api.addr");
+        let _ = std::fs::remove_file(&addr_file); // a killed agent leaves a stale one
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_murmur-agent"))
+            .args(["run", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("RUST_LOG", "info,ort=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent binary starts");
+        let mut agent = Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            client: Client::new("http://unset"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file)
+                && !addr.is_empty()
+            {
+                agent.client = Client::new(&format!("http://{addr}"));
+                if agent.client.get("/healthz").is_ok_and(|r| r.status == 200) {
+                    return agent;
+                }
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "agent exited during start-up with {status}; log:\n{}",
+                    agent.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start; log:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "agent exited with {status}; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn add(&self, memory: Value) -> String {
+        let reply = self.client.post("/v1/memories", &memory).expect("request");
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        reply.body["id"].as_str().expect("id").to_string()
+    }
+
+    pub fn search(&self, body: Value) -> Vec<Value> {
+        let reply = self.client.post("/v1/search", &body).expect("request");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.body["results"].as_array().expect("results").clone()
+    }
+
+    pub fn search_ids(&self, query: &str, k: usize) -> Vec<String> {
+        self.search(json!({ "query": query, "k": k }))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.client
+            .get("/v1/stats")
+            .expect("request")
+            .ok()
+            .expect("stats")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Real short texts for tests: Debian package descriptions committed with murmur-models.
+pub fn corpus() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/testdata/bench_sentences.txt"
+    ))
+    .expect("corpus");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}

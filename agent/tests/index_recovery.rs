@@ -1,0 +1,85 @@
+//! The vector index is derived data: deleted, corrupted or stale, it is rebuilt from sled and
+//! search answers as before.
+
+mod common;
+
+use common::AgentProcess;
+use serde_json::{Value, json};
+
+const QUERIES: &[&str] = &[
+    "image processing library",
+    "network tools",
+    "python bindings",
+    "fonts",
+];
+
+fn answers(agent: &AgentProcess) -> Vec<Vec<String>> {
+    QUERIES.iter().map(|q| agent.search_ids(q, 10)).collect()
+}
+
+#[test]
+fn missing_corrupt_or_stale_index_is_rebuilt_with_equal_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    let memories: Vec<Value> = common::corpus()
+        .iter()
+        .take(200)
+        .map(|t| json!({ "text": t }))
+        .collect();
+    for chunk in memories.chunks(100) {
+        agent
+            .client
+            .post("/v1/memories/batch", &json!({ "memories": chunk }))
+            .unwrap()
+            .ok()
+            .unwrap();
+    }
+    let expected = answers(&agent);
+    assert!(expected.iter().all(|ids| ids.len() == 10));
+    agent.stop();
+    let index_file = dir.path().join("index.usearch");
+    let index_bytes = std::fs::read(&index_file).unwrap();
+
+    // Clean restart: the saved index is loaded as is, not rebuilt.
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(answers(&agent), expected);
+    assert!(
+        !agent.log().contains("rebuilding the vector index"),
+        "{}",
+        agent.log()
+    );
+    agent.stop();
+
+    // Missing.
+    std::fs::remove_file(&index_file).unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(answers(&agent), expected);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 1);
+    agent.stop();
+
+    // Corrupt: flipped bytes in the middle, then a truncated file.
+    let mut corrupt = index_bytes.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle..middle + 64].iter_mut().for_each(|b| *b ^= 0xa5);
+    std::fs::write(&index_file, &corrupt).unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(answers(&agent), expected);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 2);
+    agent.stop();
+    std::fs::write(&index_file, &index_bytes[..index_bytes.len() / 3]).unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(answers(&agent), expected);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 3);
+
+    // Stale: a write after the last save, then SIGKILL before the next save.
+    let late = agent.add(json!({ "text": "a late memory about image processing libraries" }));
+    agent.kill();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 4);
+    assert!(
+        agent
+            .search_ids("a late memory about image processing libraries", 1)
+            .contains(&late)
+    );
+    agent.stop();
+}
