@@ -119,7 +119,10 @@ impl Agent {
         let cache = CacheDir::resolve(config.model.cache_dir.as_deref())?;
         let model = match &config.model.config {
             Some(path) => ModelConfig::from_toml_file(path)?,
-            None => ModelConfig::default_model(&cache),
+            None => {
+                fetch_default_model_if_missing(&cache)?;
+                ModelConfig::default_model(&cache)
+            }
         };
         let embedder = murmur_models::load_embedder(
             &cache,
@@ -525,4 +528,20 @@ impl Agent {
     pub fn embedder_stats(&self) -> murmur_models::EmbedderStats {
         self.embedder.stats()
     }
+}
+
+/// A fresh device has no model yet: fetch the pinned default (verified, idempotent) so that
+/// `murmur-agent run` is the only command a user needs.
+fn fetch_default_model_if_missing(cache: &CacheDir) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use murmur_models::{artifacts, fetch::Fetcher};
+    let wanted = artifacts::default_artifacts();
+    if wanted.iter().all(|a| cache.join(a.dest).is_file()) {
+        return Ok(());
+    }
+    tracing::info!(cache = %cache.root().display(), "fetching the default embedding model and ONNX Runtime");
+    Fetcher::new(cache.clone())
+        .fetch_all(&wanted, |_| {})
+        .with_context(|| format!("fetching the default model into {}", cache.root().display()))?;
+    Ok(())
 }
