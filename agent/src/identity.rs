@@ -1,11 +1,14 @@
 //! The agent's persistent ed25519 identity: generated on first start, then reused, so every
 //! memory it writes carries the same author across restarts.
 
-use std::{fs, io::Write, path::Path};
+use std::{fs, path::Path};
 
 use ed25519_dalek::SigningKey;
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    fsutil::write_atomically,
+};
 
 pub struct Identity {
     signing_key: SigningKey,
@@ -32,7 +35,8 @@ impl Identity {
                     context: "generating an identity key".into(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-                write_secret(path, &secret)?;
+                // Owner-only: this key is the agent's identity in the swarm.
+                write_atomically(path, &secret, 0o600)?;
                 tracing::info!(path = %path.display(), "generated a new agent identity");
                 Ok(Self {
                     signing_key: SigningKey::from_bytes(&secret),
@@ -55,23 +59,6 @@ impl Identity {
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing_key
     }
-}
-
-fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let context = || format!("writing identity key {}", path.display());
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(AgentError::io(context()))?;
-    file.write_all(secret).map_err(AgentError::io(context()))?;
-    file.sync_all().map_err(AgentError::io(context()))?;
-    fs::rename(&tmp, path).map_err(AgentError::io(context()))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
     sync::RwLock,
 };
@@ -12,7 +11,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    fsutil::write_atomically,
+};
 
 const INDEX_FILE: &str = "index.usearch";
 const META_FILE: &str = "index.meta.json";
@@ -206,8 +208,8 @@ impl VectorIndex {
         };
         drop(index);
         let meta_json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-        write_durably(&dir.join(INDEX_FILE), &buffer)?;
-        write_durably(&dir.join(META_FILE), &meta_json)?;
+        write_atomically(&dir.join(INDEX_FILE), &buffer, 0o644)?;
+        write_atomically(&dir.join(META_FILE), &meta_json, 0o644)?;
         Ok(())
     }
 
@@ -262,21 +264,6 @@ impl VectorIndex {
     pub fn file_path(dir: &Path) -> PathBuf {
         dir.join(INDEX_FILE)
     }
-}
-
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let context = || format!("writing {}", path.display());
-    let mut file = fs::File::create(&tmp).map_err(AgentError::io(context()))?;
-    file.write_all(bytes).map_err(AgentError::io(context()))?;
-    file.sync_all().map_err(AgentError::io(context()))?;
-    fs::rename(&tmp, path).map_err(AgentError::io(context()))?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod fsutil;
 pub mod identity;
 pub mod index;
 pub mod memory;

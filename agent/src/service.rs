@@ -306,10 +306,14 @@ impl Agent {
         }
         self.store.insert(&memories).await?;
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
+        // Never hold the attrs lock while taking the index lock: a filtered search holds the
+        // index lock and takes the attrs lock inside its predicate.
+        for memory in &memories {
+            self.index.add(memory.label, &memory.vector)?;
+        }
         {
             let mut attrs = self.attrs_write();
             for memory in &memories {
-                self.index.add(memory.label, &memory.vector)?;
                 let entry = attrs.interner.attrs(memory);
                 attrs.by_label.insert(memory.label, entry);
             }

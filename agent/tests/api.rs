@@ -146,14 +146,7 @@ fn selective_filters_still_return_k_results() {
         .enumerate()
         .map(|(i, text)| json!({ "text": text, "tags": if i % 50 == 0 { vec!["rare"] } else { vec!["common"] } }))
         .collect();
-    for chunk in memories.chunks(100) {
-        agent
-            .client
-            .post("/v1/memories/batch", &json!({ "memories": chunk }))
-            .unwrap()
-            .ok()
-            .unwrap();
-    }
+    agent.add_all(&memories, 100);
     // 6 of 300 carry "rare": a post-filter of the top 10 would usually find none of them.
     let hits =
         agent.search(json!({ "query": "graphics library", "k": 5, "filter": { "tags_all": ["rare"] } }));

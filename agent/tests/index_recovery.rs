@@ -26,14 +26,7 @@ fn missing_corrupt_or_stale_index_is_rebuilt_with_equal_results() {
         .take(200)
         .map(|t| json!({ "text": t }))
         .collect();
-    for chunk in memories.chunks(100) {
-        agent
-            .client
-            .post("/v1/memories/batch", &json!({ "memories": chunk }))
-            .unwrap()
-            .ok()
-            .unwrap();
-    }
+    agent.add_all(&memories, 100);
     let expected = answers(&agent);
     assert!(expected.iter().all(|ids| ids.len() == 10));
     agent.stop();

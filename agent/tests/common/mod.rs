@@ -104,6 +104,26 @@ impl AgentProcess {
         reply.body["id"].as_str().expect("id").to_string()
     }
 
+    /// Adds memories through the batch endpoint, `chunk` at a time; returns their ids.
+    pub fn add_all(&self, memories: &[Value], chunk: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(memories.len());
+        for batch in memories.chunks(chunk) {
+            let reply = self
+                .client
+                .post("/v1/memories/batch", &json!({ "memories": batch }))
+                .expect("request");
+            assert_eq!(reply.status, 201, "{:?}", reply.body);
+            ids.extend(
+                reply.body["ids"]
+                    .as_array()
+                    .expect("ids")
+                    .iter()
+                    .map(|id| id.as_str().unwrap_or_default().to_string()),
+            );
+        }
+        ids
+    }
+
     pub fn search(&self, body: Value) -> Vec<Value> {
         let reply = self.client.post("/v1/search", &body).expect("request");
         assert_eq!(reply.status, 200, "{:?}", reply.body);
