@@ -33,7 +33,7 @@ K = 10
 
 
 def load_texts(n, queries):
-    path = os.path.join(cache_dir(), "corpus", "debian-descriptions.txt")
+    path = os.path.join(cache_dir(), "corpus", "debian-texts.txt")
     with open(path, encoding="utf-8") as f:
         texts = [line.rstrip("\n") for line in f if line.strip()]
     if len(texts) < n + queries:
@@ -87,7 +87,7 @@ def post(url, body):
         return json.loads(response.read())
 
 
-def run_murmur(agent_bin, stored, queries):
+def run_murmur(agent_bin, stored, queries, vectors=None):
     data = tempfile.mkdtemp(prefix="murmur-bench-")
     proc = subprocess.Popen(
         [agent_bin, "run", "--data-dir", data, "--api-addr", "127.0.0.1:0"],
@@ -107,7 +107,11 @@ def run_murmur(agent_bin, stored, queries):
         started = time.perf_counter()
         for start in range(0, len(stored), BATCH):
             chunk = stored[start : start + BATCH]
-            reply = post(base + "/v1/memories/batch", {"memories": [{"text": t} for t in chunk]})
+            if vectors is None:
+                memories = [{"text": t} for t in chunk]
+            else:
+                memories = [{"text": t, "vector": v.tolist()} for t, v in zip(chunk, vectors[start : start + BATCH])]
+            reply = post(base + "/v1/memories/batch", {"memories": memories})
             for i, memory_id in enumerate(reply["ids"]):
                 ids[memory_id] = start + i
         ingest = len(stored) / (time.perf_counter() - started)
@@ -133,6 +137,7 @@ def chroma_worker(args):
 
     stored, queries = load_texts(args.n, args.queries)
     embedder = PyEmbedder()
+    vectors = np.load(args.vectors) if args.vectors else None
 
     class MiniLM(EmbeddingFunction):
         def __init__(self):
@@ -151,7 +156,11 @@ def chroma_worker(args):
     started = time.perf_counter()
     for start in range(0, len(stored), BATCH):
         chunk = stored[start : start + BATCH]
-        collection.add(ids=[str(start + i) for i in range(len(chunk))], documents=chunk)
+        ids = [str(start + i) for i in range(len(chunk))]
+        if vectors is None:
+            collection.add(ids=ids, documents=chunk)
+        else:
+            collection.add(ids=ids, documents=chunk, embeddings=vectors[start : start + BATCH])
     ingest = len(stored) / (time.perf_counter() - started)
     latencies, results = [], []
     for q in queries:
@@ -172,6 +181,15 @@ def main():
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--chroma-worker", action="store_true")
+    parser.add_argument(
+        "--vectors",
+        help="(worker) .npy of the stored texts' vectors: ingest them instead of embedding",
+    )
+    parser.add_argument(
+        "--ingest-vectors",
+        action="store_true",
+        help="give both stores the precomputed vectors at ingest (store-only throughput)",
+    )
     args = parser.parse_args()
     if args.chroma_worker:
         return chroma_worker(args)
@@ -185,19 +203,28 @@ def main():
     query_vectors = sorted_embed(embedder, queries)
     truth = [list(np.argsort(-(stored_vectors @ q))[:K]) for q in query_vectors]
 
+    worker = [sys.executable, __file__, "--chroma-worker", "--n", str(args.n), "--queries", str(args.queries)]
+    given = None
+    if args.ingest_vectors:
+        given = stored_vectors
+        vectors_file = os.path.join(tempfile.mkdtemp(prefix="bench-vectors-"), "stored.npy")
+        np.save(vectors_file, stored_vectors)
+        worker += ["--vectors", vectors_file]
     print("murmur agent ...", file=sys.stderr)
-    murmur = run_murmur(args.agent_bin, stored, queries)
+    murmur = run_murmur(args.agent_bin, stored, queries, given)
     print("chromadb ...", file=sys.stderr)
-    out = subprocess.run(
-        [sys.executable, __file__, "--chroma-worker", "--n", str(args.n), "--queries", str(args.queries)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    out = subprocess.run(worker, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"chroma worker failed:\n{out.stderr}")
     chroma = json.loads(out.stdout.strip().splitlines()[-1])
 
     rows = [
-        ("ingest, memories/s (embedding included)", lambda r: r["ingest_per_s"], "{:.1f}", True),
+        (
+            "ingest, memories/s " + ("(vectors given)" if args.ingest_vectors else "(embedding included)"),
+            lambda r: r["ingest_per_s"],
+            "{:.1f}",
+            True,
+        ),
         ("search latency p50, ms", lambda r: percentile(r["latencies"], 50), "{:.2f}", False),
         ("search latency p99, ms", lambda r: percentile(r["latencies"], 99), "{:.2f}", False),
         (f"recall@{K} vs exact", lambda r: recall(r["results"], truth), "{:.4f}", True),

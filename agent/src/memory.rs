@@ -192,36 +192,65 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// Rounds a vector to what the store keeps: IEEE half precision. Embeddings of unit length
+/// lose nothing that matters (cosine to the f32 original > 0.99999) and take half the disk.
+pub fn round_to_stored_precision(vector: &mut [f32]) {
+    for v in vector {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
 /// On-disk form, postcard-encoded behind a format byte so later versions can migrate.
 #[derive(Serialize, Deserialize)]
-struct StoredV1 {
+struct StoredV2 {
     namespace: String,
     text: String,
     metadata_json: String,
     tags: Vec<String>,
     created_at_ms: u64,
-    author: String,
+    /// The ed25519 public key itself, not its hex.
+    author: [u8; 32],
     model_id: String,
-    vector: Vec<f32>,
+    /// f16 bits, little-endian.
+    vector: Vec<u8>,
     label: u64,
 }
 
-const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
+
+fn author_bytes(hex: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+fn author_hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 impl Memory {
     pub fn encode(&self) -> Vec<u8> {
-        let stored = StoredV1 {
+        let stored = StoredV2 {
             namespace: self.namespace.clone(),
             text: self.text.clone(),
             metadata_json: Value::Object(self.metadata.clone()).to_string(),
             tags: self.tags.clone(),
             created_at_ms: self.created_at_ms,
-            author: self.author.clone(),
+            author: author_bytes(&self.author),
             model_id: self.model_id.clone(),
-            vector: self.vector.clone(),
+            vector: self
+                .vector
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
             label: self.label,
         };
-        let mut out = vec![FORMAT_V1];
+        let mut out = vec![FORMAT_V2];
         // Encoding plain owned data into a Vec cannot fail.
         out.extend(postcard::to_allocvec(&stored).unwrap_or_default());
         out
@@ -235,10 +264,13 @@ impl Memory {
         let (&format, body) = bytes
             .split_first()
             .ok_or_else(|| corrupt("empty record".into()))?;
-        if format != FORMAT_V1 {
+        if format != FORMAT_V2 {
             return Err(corrupt(format!("unknown record format {format}")));
         }
-        let stored: StoredV1 = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        let stored: StoredV2 = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        if !stored.vector.len().is_multiple_of(2) {
+            return Err(corrupt("vector has an odd number of bytes".into()));
+        }
         let metadata = match serde_json::from_str(&stored.metadata_json) {
             Ok(Value::Object(map)) => map,
             Ok(_) => return Err(corrupt("metadata is not an object".into())),
@@ -251,9 +283,13 @@ impl Memory {
             metadata,
             tags: stored.tags,
             created_at_ms: stored.created_at_ms,
-            author: stored.author,
+            author: author_hex(&stored.author),
             model_id: stored.model_id,
-            vector: stored.vector,
+            vector: stored
+                .vector
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             label: stored.label,
         })
     }
@@ -318,6 +354,17 @@ mod tests {
     }
 
     #[test]
+    fn stored_precision_keeps_direction() {
+        let mut v: Vec<f32> = (0..384).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        let mut rounded = v.clone();
+        round_to_stored_precision(&mut rounded);
+        let dot: f32 = v.iter().zip(&rounded).map(|(a, b)| a * b).sum();
+        assert!(dot > 0.99999, "{dot}");
+    }
+
+    #[test]
     fn vectors() {
         validate_vector(&[0.5, 0.5], 2).unwrap();
         assert!(validate_vector(&[0.5], 2).is_err());
@@ -335,7 +382,7 @@ mod tests {
             metadata: serde_json::json!({"k": [1, "two"]}).as_object().unwrap().clone(),
             tags: vec!["t".into()],
             created_at_ms: 1_700_000_000_000,
-            author: "ab".into(),
+            author: "ab".repeat(32),
             model_id: "m".into(),
             vector: vec![0.25, -1.0],
             label: 7,

@@ -21,7 +21,7 @@ use crate::{
     filter::{Filter, FilterAttrs, FilterRequest, Interner},
     identity::Identity,
     index::VectorIndex,
-    memory::{Memory, NewMemory, validate_namespace, validate_vector},
+    memory::{Memory, NewMemory, round_to_stored_precision, validate_namespace, validate_vector},
     metrics::Metrics,
     progress::Progress,
     store::{Lookup, Store},
@@ -285,12 +285,14 @@ impl Agent {
         let now = now_ms();
         let mut memories = Vec::with_capacity(valid.len());
         for m in valid {
-            let vector = match m.vector {
+            let mut vector = match m.vector {
                 Some(v) => v,
                 None => embedded
                     .next()
                     .ok_or_else(|| AgentError::Index("embedder returned too few vectors".into()))?,
             };
+            // Index and answer with exactly what the store will give back after a restart.
+            round_to_stored_precision(&mut vector);
             memories.push(Memory {
                 id: Uuid::now_v7(),
                 namespace: m.namespace,
