@@ -15,14 +15,10 @@ import os
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "tools"))
+from murmur_cache import cache_dir  # noqa: E402
+
 MIN_PARAGRAPH = 40
-
-
-def cache_dir():
-    for var, suffix in (("MURMUR_CACHE_DIR", ""), ("XDG_CACHE_HOME", "murmur")):
-        if os.environ.get(var):
-            return os.path.join(os.environ[var], suffix)
-    return os.path.join(os.path.expanduser("~"), ".cache", "murmur")
 
 
 def stanzas(text):

@@ -7,19 +7,16 @@ longest, run the model, mean-pool last_hidden_state over the attention mask, L2-
 """
 
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from murmur_cache import cache_dir  # noqa: E402
+
 MAX_TOKENS = 256
-
-
-def cache_dir():
-    for var, suffix in (("MURMUR_CACHE_DIR", ""), ("XDG_CACHE_HOME", "murmur")):
-        if os.environ.get(var):
-            return os.path.join(os.environ[var], suffix)
-    return os.path.join(os.path.expanduser("~"), ".cache", "murmur")
 
 
 def model_dir():
