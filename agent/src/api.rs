@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     error::AgentError,
-    memory::{Memory, NewMemory},
+    memory::{Limits, Memory, NewMemory},
     metrics::{RequestLabels, SearchLabels},
     service::{Agent, SearchRequest},
     time::format_ms,
@@ -115,11 +115,14 @@ fn memory_json(memory: &Memory, include_vector: bool) -> Value {
     value
 }
 
+/// Largest request body accepted: a full batch of maximal memories given with vectors, plus
+/// JSON overhead.
+pub fn body_limit(limits: &Limits) -> usize {
+    limits.max_batch * (limits.max_text_bytes + limits.max_metadata_bytes + 16 * 1024) + 64 * 1024
+}
+
 pub fn router(agent: Arc<Agent>) -> Router {
-    let limits = agent.config().limits;
-    // Room for a full batch of maximal memories given as vectors, JSON overhead included.
-    let body_limit =
-        limits.max_batch * (limits.max_text_bytes + limits.max_metadata_bytes + 16 * 1024) + 64 * 1024;
+    let body_limit = body_limit(&agent.config().limits);
     Router::new()
         .route("/v1/memories", post(add_one).get(list))
         .route("/v1/memories/batch", post(add_batch))
