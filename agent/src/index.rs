@@ -164,29 +164,35 @@ impl VectorIndex {
         k: usize,
         accept: Option<&dyn Fn(u64) -> bool>,
     ) -> Result<Vec<(u64, f32)>> {
-        let index = self.read();
-        if index.size() == 0 || k == 0 {
+        if k == 0 {
             return Ok(Vec::new());
         }
-        // usearch's ef must be at least k to return k results.
-        if k > index.expansion_search() {
-            index.change_expansion_search(k);
-        } else if index.expansion_search() != self.settings.expansion_search
-            && k <= self.settings.expansion_search
-        {
-            index.change_expansion_search(self.settings.expansion_search);
+        let run = |index: &Index| -> Result<Vec<(u64, f32)>> {
+            if index.size() == 0 {
+                return Ok(Vec::new());
+            }
+            let matches = match accept {
+                Some(accept) => index.filtered_search(query, k, accept),
+                None => index.search(query, k),
+            }
+            .map_err(index_error("searching"))?;
+            Ok(matches
+                .keys
+                .into_iter()
+                .zip(matches.distances)
+                .map(|(label, distance)| (label, 1.0 - distance))
+                .collect())
+        };
+        if k <= self.settings.expansion_search {
+            return run(&self.read());
         }
-        let matches = match accept {
-            Some(accept) => index.filtered_search(query, k, accept),
-            None => index.search(query, k),
-        }
-        .map_err(index_error("searching"))?;
-        Ok(matches
-            .keys
-            .into_iter()
-            .zip(matches.distances)
-            .map(|(label, distance)| (label, 1.0 - distance))
-            .collect())
+        // usearch's ef must be at least k to return k results. ef is index-wide state, so a
+        // search that needs a larger one runs alone and puts the setting back.
+        let index = self.write();
+        index.change_expansion_search(k);
+        let result = run(&index);
+        index.change_expansion_search(self.settings.expansion_search);
+        result
     }
 
     /// Writes the index and its meta atomically (temp files, fsync, rename).
@@ -297,6 +303,12 @@ mod tests {
                 .all(|(l, _)| *l != 42)
         );
         let odd = |label: u64| label % 2 == 1;
+        let many = index.search(&unit(7, 8), 500, None).unwrap();
+        assert_eq!(many.len(), 500, "k above ef still returns k");
+        assert_eq!(
+            index.read().expansion_search(),
+            IndexSettings::default().expansion_search
+        );
         let filtered = index.search(&unit(7, 8), 10, Some(&odd)).unwrap();
         assert_eq!(filtered.len(), 10);
         assert!(filtered.iter().all(|(l, _)| l % 2 == 1));
