@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State},
+    http::request::Parts,
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -88,6 +89,41 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     })
 }
 
+/// A JSON body parsed by `parse_json`; a body the transport refuses (too large, unreadable)
+/// becomes our error shape here, where it is rejected, rather than being rewritten later.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "unreadable_body"
+            };
+            ApiError::new(status, code, rejection.body_text())
+        })?;
+        parse_json(&body).map(JsonBody)
+    }
+}
+
+/// Query-string parameters, with a malformed query string in our error shape.
+struct QueryParams<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| QueryParams(params))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
 fn parse_id(text: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(text).map_err(|e| {
         ApiError::new(
@@ -144,7 +180,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Counts and times every request, and maps body-size rejections to our error shape.
+/// Counts and times every request.
 async fn observe(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
@@ -156,21 +192,6 @@ async fn observe(State(agent): State<Arc<Agent>>, request: Request, next: Next) 
     let response = {
         let _enter = span.enter();
         next.run(request).await
-    };
-    let response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|v| v != "application/json")
-    {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body exceeds the size limit",
-        )
-        .into_response()
-    } else {
-        response
     };
     let labels = RequestLabels {
         method,
@@ -187,8 +208,7 @@ async fn observe(State(agent): State<Arc<Agent>>, request: Request, next: Next) 
     response
 }
 
-async fn add_one(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Response> {
-    let new: NewMemory = parse_json(&body)?;
+async fn add_one(State(agent): State<Arc<Agent>>, JsonBody(new): JsonBody<NewMemory>) -> ApiResult<Response> {
     let stored = agent.add(vec![new]).await?;
     let memory = &stored[0];
     let body = json!({ "id": memory.id, "created_at": format_ms(memory.created_at_ms) });
@@ -201,8 +221,10 @@ struct BatchRequest {
     memories: Vec<NewMemory>,
 }
 
-async fn add_batch(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Response> {
-    let request: BatchRequest = parse_json(&body)?;
+async fn add_batch(
+    State(agent): State<Arc<Agent>>,
+    JsonBody(request): JsonBody<BatchRequest>,
+) -> ApiResult<Response> {
     let stored = agent.add(request.memories).await?;
     let ids: Vec<Uuid> = stored.iter().map(|m| m.id).collect();
     Ok((StatusCode::CREATED, axum::Json(json!({ "ids": ids }))).into_response())
@@ -218,10 +240,8 @@ struct GetParams {
 async fn get_one(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
-    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
+    QueryParams(params): QueryParams<GetParams>,
 ) -> ApiResult<axum::Json<Value>> {
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let memory = agent.get(parse_id(&id)?)?;
     Ok(axum::Json(memory_json(&memory, params.include_vector)))
 }
@@ -241,10 +261,8 @@ struct ListParams {
 
 async fn list(
     State(agent): State<Arc<Agent>>,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    QueryParams(params): QueryParams<ListParams>,
 ) -> ApiResult<axum::Json<Value>> {
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
     let (memories, more) = agent.list(params.namespace.as_deref(), cursor, params.limit.unwrap_or(100))?;
     let next_cursor = if more { memories.last().map(|m| m.id) } else { None };
@@ -254,8 +272,10 @@ async fn list(
     ))
 }
 
-async fn search(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<axum::Json<Value>> {
-    let request: SearchRequest = parse_json(&body)?;
+async fn search(
+    State(agent): State<Arc<Agent>>,
+    JsonBody(request): JsonBody<SearchRequest>,
+) -> ApiResult<axum::Json<Value>> {
     let (hits, path) = agent.search(request).await?;
     agent
         .metrics

@@ -48,12 +48,7 @@ impl Identity {
 
     /// The author id stored with every memory: the public key, hex.
     pub fn public_hex(&self) -> String {
-        self.signing_key
-            .verifying_key()
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(self.signing_key.verifying_key().as_bytes())
     }
 
     pub fn signing_key(&self) -> &SigningKey {

@@ -1,5 +1,7 @@
 //! What a memory is, what a valid one looks like, and how it is laid out on disk.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -76,6 +78,21 @@ pub struct Memory {
     pub label: u64,
 }
 
+/// Memory texts and query texts obey the same rules: not blank, at most `max_text_bytes`.
+pub fn validate_text(what: &str, text: &str, limits: &Limits) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(AgentError::invalid(format!("{what} must not be empty")));
+    }
+    if text.len() > limits.max_text_bytes {
+        return Err(AgentError::invalid(format!(
+            "{what} is {} bytes; the limit is {}",
+            text.len(),
+            limits.max_text_bytes
+        )));
+    }
+    Ok(())
+}
+
 pub fn validate_namespace(namespace: &str) -> Result<()> {
     let ok = !namespace.is_empty()
         && namespace.len() <= 64
@@ -94,16 +111,7 @@ pub fn validate_namespace(namespace: &str) -> Result<()> {
 
 impl NewMemory {
     pub fn validate(self, limits: &Limits, dimension: usize) -> Result<ValidMemory> {
-        if self.text.trim().is_empty() {
-            return Err(AgentError::invalid("text must not be empty"));
-        }
-        if self.text.len() > limits.max_text_bytes {
-            return Err(AgentError::invalid(format!(
-                "text is {} bytes; the limit is {}",
-                self.text.len(),
-                limits.max_text_bytes
-            )));
-        }
+        validate_text("text", &self.text, limits)?;
         let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         validate_namespace(&namespace)?;
         let metadata = match self.metadata {
@@ -202,15 +210,16 @@ pub fn round_to_stored_precision(vector: &mut [f32]) {
 
 /// On-disk form, postcard-encoded behind a format byte so later versions can migrate.
 #[derive(Serialize, Deserialize)]
-struct StoredV2 {
-    namespace: String,
-    text: String,
+struct StoredV2<'a> {
+    // Borrowed when encoding, so a write does not copy the memory to serialise it.
+    namespace: Cow<'a, str>,
+    text: Cow<'a, str>,
     metadata_json: String,
-    tags: Vec<String>,
+    tags: Cow<'a, [String]>,
     created_at_ms: u64,
     /// The ed25519 public key itself, not its hex.
     author: [u8; 32],
-    model_id: String,
+    model_id: Cow<'a, str>,
     /// f16 bits, little-endian.
     vector: Vec<u8>,
     label: u64,
@@ -218,31 +227,26 @@ struct StoredV2 {
 
 const FORMAT_V2: u8 = 2;
 
-fn author_bytes(hex: &str) -> [u8; 32] {
+/// Authors are always this or another agent's 32-byte key in hex; anything else is stored as
+/// zeros rather than failing a write that has already been validated.
+fn author_bytes(author: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = hex
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
+    if hex::decode_to_slice(author, &mut out).is_err() {
+        out = [0u8; 32];
     }
     out
-}
-
-fn author_hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Memory {
     pub fn encode(&self) -> Vec<u8> {
         let stored = StoredV2 {
-            namespace: self.namespace.clone(),
-            text: self.text.clone(),
-            metadata_json: Value::Object(self.metadata.clone()).to_string(),
-            tags: self.tags.clone(),
+            namespace: Cow::Borrowed(&self.namespace),
+            text: Cow::Borrowed(&self.text),
+            metadata_json: serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into()),
+            tags: Cow::Borrowed(&self.tags),
             created_at_ms: self.created_at_ms,
             author: author_bytes(&self.author),
-            model_id: self.model_id.clone(),
+            model_id: Cow::Borrowed(&self.model_id),
             vector: self
                 .vector
                 .iter()
@@ -278,13 +282,13 @@ impl Memory {
         };
         Ok(Memory {
             id,
-            namespace: stored.namespace,
-            text: stored.text,
+            namespace: stored.namespace.into_owned(),
+            text: stored.text.into_owned(),
             metadata,
-            tags: stored.tags,
+            tags: stored.tags.into_owned(),
             created_at_ms: stored.created_at_ms,
-            author: author_hex(&stored.author),
-            model_id: stored.model_id,
+            author: hex::encode(stored.author),
+            model_id: stored.model_id.into_owned(),
             vector: stored
                 .vector
                 .chunks_exact(2)

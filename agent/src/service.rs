@@ -21,7 +21,9 @@ use crate::{
     filter::{Filter, FilterAttrs, FilterRequest, Interner},
     identity::Identity,
     index::VectorIndex,
-    memory::{Memory, NewMemory, round_to_stored_precision, validate_namespace, validate_vector},
+    memory::{
+        Memory, NewMemory, round_to_stored_precision, validate_namespace, validate_text, validate_vector,
+    },
     metrics::Metrics,
     progress::Progress,
     store::{Lookup, Store},
@@ -373,16 +375,7 @@ impl Agent {
             (Some(_), Some(_)) => return Err(AgentError::invalid("give either query or vector, not both")),
             (None, None) => return Err(AgentError::invalid("give a query text or a vector")),
             (Some(text), None) => {
-                if text.trim().is_empty() {
-                    return Err(AgentError::invalid("query must not be empty"));
-                }
-                if text.len() > self.config.limits.max_text_bytes {
-                    return Err(AgentError::invalid(format!(
-                        "query is {} bytes; the limit is {}",
-                        text.len(),
-                        self.config.limits.max_text_bytes
-                    )));
-                }
+                validate_text("query", &text, &self.config.limits)?;
                 let started = Instant::now();
                 let vector = self.embedder.embed_batch_async(vec![text]).await?;
                 self.metrics.observe_embedding(started.elapsed());
@@ -409,15 +402,18 @@ impl Agent {
             if candidates.len() <= self.config.exact_search_threshold {
                 return Ok((self.exact(&query, k, &candidates, &filter)?, SearchPath::Exact));
             }
+            // One read guard for the whole search, not one per candidate the graph visits.
+            // add() never holds the attrs lock while taking the index lock, so this is safe.
+            let attrs = self.attrs_read();
             let accept = |label: u64| -> bool {
-                let attrs_ok = self
-                    .attrs_read()
+                let attrs_ok = attrs
                     .by_label
                     .get(&label)
                     .is_some_and(|a| filter.matches_attrs(a));
                 attrs_ok && (!filter.needs_record() || self.record_matches(label, &filter))
             };
             let found = self.index.search(&query, k, Some(&accept))?;
+            drop(attrs);
             if found.len() < k.min(candidates.len()) && filter.needs_record() {
                 // The metadata predicate was more selective than the attrs let us see.
                 return Ok((self.exact(&query, k, &candidates, &filter)?, SearchPath::Exact));

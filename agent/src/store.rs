@@ -190,8 +190,9 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<Memory>, bool)> {
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let ids: Box<dyn Iterator<Item = sled::Result<Uuid>>> = match namespace {
+        // The namespace index yields ids to look up; the memories tree yields the records
+        // themselves, so the common unfiltered listing reads each record once.
+        let memories: Box<dyn Iterator<Item = Result<Memory>> + '_> = match namespace {
             Some(ns) => {
                 let start = match after {
                     Some(after) => {
@@ -207,7 +208,14 @@ impl Store {
                     self.by_namespace
                         .range(start..)
                         .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-                        .map(|item| item.map(|(k, _)| uuid_suffix(&k))),
+                        .filter_map(|item| match item {
+                            Err(e) => Some(Err(e.into())),
+                            Ok((key, _)) => match self.get(uuid_suffix(&key)) {
+                                Ok(Lookup::Found(memory)) => Some(Ok(memory)),
+                                Ok(_) => None,
+                                Err(e) => Some(Err(e)),
+                            },
+                        }),
                 )
             }
             None => {
@@ -219,21 +227,18 @@ impl Store {
                         key
                     },
                 );
-                Box::new(
-                    self.memories
-                        .range(start..)
-                        .map(|item| item.map(|(k, _)| uuid_suffix(&k))),
-                )
+                Box::new(self.memories.range(start..).map(|item| {
+                    let (key, value) = item?;
+                    Memory::decode(uuid_suffix(&key), &value)
+                }))
             }
         };
-        for id in ids {
-            let id = id?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for memory in memories {
             if out.len() == limit {
                 return Ok((out, true));
             }
-            if let Lookup::Found(memory) = self.get(id)? {
-                out.push(memory);
-            }
+            out.push(memory?);
         }
         Ok((out, false))
     }

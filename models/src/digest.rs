@@ -38,7 +38,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

