@@ -1,0 +1,855 @@
+//! The sync engine: a state machine with no I/O. The driver feeds it the time, local writes,
+//! peers coming and going, bytes from peers and timer expiries; it answers with bytes to send
+//! (`poll_transmit`), changes to persist (`poll_persist`), what became visible or deleted
+//! (`poll_event`) and when it next wants to be woken (`poll_timeout`).
+//!
+//! Driver contract: drain `poll_persist` and make it durable before sending what
+//! `poll_transmit` returns or acknowledging a local write, so nothing a peer or a user was told
+//! about can be lost in a crash.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+
+use automerge::{
+    Change,
+    sync::{self, Capability, ChunkList, SyncDoc},
+};
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+use tracing::{debug, trace, warn};
+
+use crate::{
+    error::{LoadError, ProtocolError, RecordError, WriteError},
+    id::{AuthorKey, MemoryId},
+    message::{MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, SignedChange},
+    record::{MemoryDraft, MemoryRecord, RecordLimits, Tombstone},
+    shard::{Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, tombstone_key},
+};
+
+/// Swarm-wide settings: every replica of one swarm must agree on `shards`, `admins` and
+/// `limits`; the rest is local tuning.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Documents the id space is split over. Fixed for the life of a swarm.
+    pub shards: u16,
+    /// Keys that may delete any memory (operators). Authors may always delete their own.
+    pub admins: Vec<AuthorKey>,
+    pub limits: RecordLimits,
+    /// Mean time between anti-entropy rounds; each wait is drawn from 0.5x to 1.5x of it.
+    pub anti_entropy_interval_ms: u64,
+    /// Largest message this replica sends or accepts.
+    pub max_message_bytes: usize,
+    /// Pushed changes held while their dependencies are missing; the oldest go first.
+    pub max_pending_changes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shards: 64,
+            admins: Vec::new(),
+            limits: RecordLimits::default(),
+            anti_entropy_interval_ms: 2_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_pending_changes: 4096,
+        }
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(format!("shards must be 1-{MAX_SHARDS}, not {}", self.shards));
+        }
+        if self.anti_entropy_interval_ms == 0 {
+            return Err("anti_entropy_interval_ms must be positive".into());
+        }
+        let floor = self.limits.max_record_bytes() * 2 + 4096;
+        if self.max_message_bytes < floor || self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "max_message_bytes must be {floor}-{MAX_MESSAGE_BYTES} for these record limits"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination<P> {
+    Peer(P),
+    /// Every peer: the driver publishes (gossipsub, a broadcast in the simulator).
+    AllPeers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<P> {
+    pub to: Destination<P>,
+    pub kind: MessageKind,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A verified memory became visible here (local write or from a peer).
+    MemoryAdded(Box<MemoryRecord>),
+    /// A verified, authorised tombstone for `id` became known here. The memory itself may not
+    /// have arrived (and now never will be shown).
+    MemoryDeleted {
+        id: MemoryId,
+        deleter: AuthorKey,
+        deleted_at_ms: u64,
+    },
+}
+
+/// A change now part of this replica's state, for the driver to store durably.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persist {
+    pub shard: u16,
+    pub change: SignedChange,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub messages_in: [u64; 5],
+    pub bytes_in: [u64; 5],
+    pub messages_out: [u64; 5],
+    pub bytes_out: [u64; 5],
+    pub messages_rejected: u64,
+    pub changes_applied: u64,
+    pub changes_pending: u64,
+    pub changes_dropped_pending: u64,
+    pub rounds_started: u64,
+    pub rounds_in_sync: u64,
+}
+
+impl Stats {
+    pub fn messages_in(&self, kind: MessageKind) -> u64 {
+        self.messages_in[kind.index()]
+    }
+    pub fn bytes_in(&self, kind: MessageKind) -> u64 {
+        self.bytes_in[kind.index()]
+    }
+    pub fn messages_out(&self, kind: MessageKind) -> u64 {
+        self.messages_out[kind.index()]
+    }
+    pub fn bytes_out(&self, kind: MessageKind) -> u64 {
+        self.bytes_out[kind.index()]
+    }
+    pub fn total_bytes_out(&self) -> u64 {
+        self.bytes_out.iter().sum()
+    }
+    pub fn total_bytes_in(&self) -> u64 {
+        self.bytes_in.iter().sum()
+    }
+}
+
+/// What this replica knows of one peer, for status pages and lag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub connected_at_ms: u64,
+    pub last_heard_ms: Option<u64>,
+    /// Last time an anti-entropy round found both replicas equal.
+    pub last_in_sync_ms: Option<u64>,
+    pub rejected_messages: u64,
+}
+
+struct PeerState {
+    status: PeerStatus,
+    /// automerge sync state per shard, created when a shard is first synced with this peer.
+    sync: BTreeMap<u16, sync::State>,
+}
+
+pub struct Engine<P> {
+    config: Config,
+    rules: Rules,
+    key: SigningKey,
+    author: AuthorKey,
+    rng: fastrand::Rng,
+    shards: Vec<Shard>,
+    root: RootDigest,
+    visible: BTreeSet<MemoryId>,
+    deleted: BTreeSet<MemoryId>,
+    peers: BTreeMap<P, PeerState>,
+    pending: VecDeque<(u16, ValidatedChange)>,
+    transmits: VecDeque<Transmit<P>>,
+    events: VecDeque<Event>,
+    persists: VecDeque<Persist>,
+    next_round_at_ms: u64,
+    next_round_id: u32,
+    stats: Stats,
+}
+
+impl<P: Clone + Ord + Debug> Engine<P> {
+    /// A replica with empty state. `seed` feeds every random choice it makes (nonces, peer
+    /// picks, timer jitter), so a simulator can replay it exactly.
+    pub fn new(config: Config, key: SigningKey, seed: u64, now_ms: u64) -> Result<Self, String> {
+        config.validate()?;
+        let author = key.verifying_key().to_bytes();
+        let shards = (0..config.shards).map(|i| Shard::new(i, &author)).collect();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let first_round = now_ms + rng.u64(0..=config.anti_entropy_interval_ms);
+        let mut engine = Self {
+            rules: Rules {
+                limits: config.limits,
+                admins: config.admins.clone(),
+                shards: config.shards,
+            },
+            config,
+            key,
+            author,
+            rng,
+            shards,
+            root: [0; 16],
+            visible: BTreeSet::new(),
+            deleted: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            pending: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            persists: VecDeque::new(),
+            next_round_at_ms: first_round,
+            next_round_id: 1,
+            stats: Stats::default(),
+        };
+        engine.refresh_root();
+        Ok(engine)
+    }
+
+    /// Rebuilds a replica from the changes its driver persisted (in any order). Changes are
+    /// re-verified, so a tampered store is refused rather than trusted. No events are emitted:
+    /// the driver already holds what it persisted.
+    pub fn load(
+        config: Config,
+        key: SigningKey,
+        seed: u64,
+        now_ms: u64,
+        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
+    ) -> Result<Self, LoadError> {
+        let mut engine = Self::new(config, key, seed, now_ms)
+            .map_err(|reason| LoadError::BadChange { shard: 0, reason })?;
+        let mut by_shard: BTreeMap<u16, Vec<ValidatedChange>> = BTreeMap::new();
+        for (shard, change) in persisted {
+            let target = engine
+                .shards
+                .get(shard as usize)
+                .ok_or_else(|| LoadError::BadChange {
+                    shard,
+                    reason: "no such shard".into(),
+                })?;
+            let validated = target
+                .validate(&change, &engine.rules)
+                .map_err(|reason| LoadError::BadChange { shard, reason })?;
+            by_shard.entry(shard).or_default().push(validated);
+        }
+        for (shard, changes) in by_shard {
+            let target = &mut engine.shards[shard as usize];
+            let (ready, missing) = target.applicable(&changes);
+            if !missing.is_empty() {
+                return Err(LoadError::BadChange {
+                    shard,
+                    reason: format!(
+                        "{} changes depend on changes that were not persisted",
+                        missing.len()
+                    ),
+                });
+            }
+            let ready: Vec<ValidatedChange> = ready.into_iter().map(|i| changes[i].clone()).collect();
+            target
+                .apply(&ready)
+                .map_err(|reason| LoadError::BadChange { shard, reason })?;
+            for change in &ready {
+                engine.note_effects(&change.effects, false);
+            }
+        }
+        engine.refresh_root();
+        Ok(engine)
+    }
+
+    pub fn author(&self) -> AuthorKey {
+        self.author
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn root_digest(&self) -> RootDigest {
+        self.root
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Ids of memories shown here: verified and not deleted, in id (so creation time) order.
+    pub fn visible_ids(&self) -> impl Iterator<Item = &MemoryId> {
+        self.visible.iter()
+    }
+
+    pub fn visible_count(&self) -> usize {
+        self.visible.len()
+    }
+
+    pub fn is_deleted(&self, id: &MemoryId) -> bool {
+        self.deleted.contains(id)
+    }
+
+    /// A visible memory, read back from the shard document (and verified again).
+    pub fn memory(&self, id: &MemoryId) -> Option<MemoryRecord> {
+        if !self.visible.contains(id) {
+            return None;
+        }
+        let shard = &self.shards[id.shard(self.config.shards) as usize];
+        shard
+            .values(&memory_key(id))
+            .iter()
+            .find_map(|bytes| MemoryRecord::decode_verified(bytes, &self.config.limits).ok())
+    }
+
+    pub fn change_count(&self) -> usize {
+        self.shards.iter().map(Shard::change_count).sum()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (&P, &PeerStatus)> {
+        self.peers.iter().map(|(p, s)| (p, &s.status))
+    }
+
+    pub fn pending_changes(&self) -> usize {
+        self.pending.len()
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Signs and stores new memories (one change per shard touched), publishes them and
+    /// reports them as events. All or nothing: one invalid draft refuses the whole batch.
+    pub fn write(&mut self, now_ms: u64, drafts: &[MemoryDraft]) -> Result<Vec<MemoryRecord>, WriteError> {
+        let mut signed = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let nonce = self.rng.u64(..);
+            signed.push(MemoryRecord::sign(
+                draft,
+                &self.key,
+                now_ms,
+                nonce,
+                &self.config.limits,
+            )?);
+        }
+        let mut by_shard: BTreeMap<u16, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (record, bytes) in &signed {
+            by_shard
+                .entry(record.id.shard(self.config.shards))
+                .or_default()
+                .push((memory_key(&record.id), bytes.clone()));
+        }
+        for (shard, entries) in by_shard {
+            for chunk in entries.chunks(MAX_OPS_PER_CHANGE) {
+                self.commit_local(now_ms, shard, chunk)?;
+            }
+        }
+        let records: Vec<MemoryRecord> = signed.into_iter().map(|(r, _)| r).collect();
+        let effects: Vec<Effect> = records.iter().cloned().map(Effect::Memory).collect();
+        self.note_effects(&effects, true);
+        Ok(records)
+    }
+
+    /// Deletes a memory this replica holds, if this replica's key may (author or admin).
+    pub fn delete(&mut self, now_ms: u64, id: &MemoryId) -> Result<Tombstone, WriteError> {
+        if self.deleted.contains(id) {
+            return Err(WriteError::AlreadyDeleted(id.to_string()));
+        }
+        let memory = self
+            .memory(id)
+            .ok_or_else(|| WriteError::UnknownMemory(id.to_string()))?;
+        let (tombstone, bytes) = Tombstone::sign(&memory, &self.key, now_ms, &self.config.admins)?;
+        let shard = id.shard(self.config.shards);
+        self.commit_local(now_ms, shard, &[(tombstone_key(id), bytes)])?;
+        self.note_effects(&[Effect::Tombstone(tombstone.clone())], true);
+        Ok(tombstone)
+    }
+
+    pub fn peer_connected(&mut self, now_ms: u64, peer: P) {
+        debug!(?peer, "peer connected");
+        self.peers.insert(
+            peer,
+            PeerState {
+                status: PeerStatus {
+                    connected_at_ms: now_ms,
+                    ..PeerStatus::default()
+                },
+                sync: BTreeMap::new(),
+            },
+        );
+    }
+
+    pub fn peer_disconnected(&mut self, peer: &P) {
+        debug!(?peer, "peer disconnected");
+        self.peers.remove(peer);
+    }
+
+    /// Bytes from `peer`. On `Err` the message was refused whole and nothing changed; the
+    /// driver should count it against the peer.
+    pub fn handle_incoming(&mut self, now_ms: u64, peer: &P, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let result = self.handle_incoming_inner(now_ms, peer, bytes);
+        if let Err(error) = &result {
+            self.stats.messages_rejected += 1;
+            if let Some(state) = self.peers.get_mut(peer) {
+                state.status.rejected_messages += 1;
+            }
+            warn!(?peer, %error, len = bytes.len(), "refused a message");
+        }
+        result
+    }
+
+    fn handle_incoming_inner(&mut self, now_ms: u64, peer: &P, bytes: &[u8]) -> Result<(), ProtocolError> {
+        if bytes.len() > self.config.max_message_bytes {
+            return Err(ProtocolError::Oversize {
+                len: bytes.len(),
+                max: self.config.max_message_bytes,
+            });
+        }
+        let message = Message::decode(bytes, self.config.max_message_bytes)?;
+        let kind = message.kind();
+        trace!(?peer, kind = kind.as_str(), len = bytes.len(), "message in");
+        if !self.peers.contains_key(peer) {
+            self.peer_connected(now_ms, peer.clone());
+        }
+        match message {
+            Message::Push { shard, changes } => self.on_push(shard, changes)?,
+            Message::DigestProbe { round, shards, root } => {
+                self.on_probe(now_ms, peer, round, shards, root)?
+            }
+            Message::DigestReply { round, root, shards } => {
+                self.on_reply(now_ms, peer, round, root, shards)?
+            }
+            Message::InSync { .. } => self.mark_in_sync(now_ms, peer),
+            Message::Sync {
+                shard,
+                message,
+                signatures,
+            } => self.on_sync(peer, shard, &message, &signatures)?,
+        }
+        self.stats.messages_in[kind.index()] += 1;
+        self.stats.bytes_in[kind.index()] += bytes.len() as u64;
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.status.last_heard_ms = Some(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Runs what is due: an anti-entropy round with one random peer.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms < self.next_round_at_ms {
+            return;
+        }
+        let interval = self.config.anti_entropy_interval_ms;
+        self.next_round_at_ms = now_ms + interval / 2 + self.rng.u64(0..=interval);
+        if self.peers.is_empty() {
+            return;
+        }
+        let pick = self.rng.usize(..self.peers.len());
+        let Some(peer) = self.peers.keys().nth(pick).cloned() else {
+            return;
+        };
+        let round = self.next_round_id;
+        self.next_round_id = self.next_round_id.wrapping_add(1);
+        self.stats.rounds_started += 1;
+        debug!(?peer, round, "anti-entropy round");
+        self.send(
+            Destination::Peer(peer),
+            Message::DigestProbe {
+                round,
+                shards: self.config.shards,
+                root: self.root,
+            },
+        );
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit<P>> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        self.persists.pop_front()
+    }
+
+    /// When `handle_timeout` next has work.
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_round_at_ms
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn commit_local(
+        &mut self,
+        now_ms: u64,
+        shard: u16,
+        entries: &[(String, Vec<u8>)],
+    ) -> Result<(), WriteError> {
+        let change = self.shards[shard as usize]
+            .commit_local(entries, now_ms, &self.key)
+            .map_err(WriteError::Automerge)?;
+        self.stats.changes_applied += 1;
+        self.refresh_root();
+        self.persists.push_back(Persist {
+            shard,
+            change: change.clone(),
+        });
+        self.send(
+            Destination::AllPeers,
+            Message::Push {
+                shard,
+                changes: vec![change],
+            },
+        );
+        Ok(())
+    }
+
+    fn send(&mut self, to: Destination<P>, message: Message) {
+        let kind = message.kind();
+        let bytes = message.encode();
+        self.stats.messages_out[kind.index()] += 1;
+        self.stats.bytes_out[kind.index()] += bytes.len() as u64;
+        self.transmits.push_back(Transmit { to, kind, bytes });
+    }
+
+    fn shard_index(&self, shard: u16) -> Result<usize, ProtocolError> {
+        if shard < self.config.shards {
+            Ok(shard as usize)
+        } else {
+            Err(ProtocolError::NoSuchShard {
+                shard,
+                shards: self.config.shards,
+            })
+        }
+    }
+
+    fn validate_all(
+        &self,
+        shard: usize,
+        changes: &[SignedChange],
+    ) -> Result<Vec<ValidatedChange>, ProtocolError> {
+        let target = &self.shards[shard];
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            let validated =
+                target
+                    .validate(change, &self.rules)
+                    .map_err(|reason| ProtocolError::RejectedChange {
+                        hash: short_hash(&change.bytes),
+                        reason,
+                    })?;
+            if !target.has_change(&validated.hash()) {
+                out.push(validated);
+            }
+        }
+        Ok(out)
+    }
+
+    fn on_push(&mut self, shard: u16, changes: Vec<SignedChange>) -> Result<(), ProtocolError> {
+        let index = self.shard_index(shard)?;
+        let fresh = self.validate_all(index, &changes)?;
+        let mut candidates: Vec<ValidatedChange> = Vec::new();
+        let mut others = VecDeque::new();
+        for (s, change) in self.pending.drain(..) {
+            if s == shard {
+                candidates.push(change);
+            } else {
+                others.push_back((s, change));
+            }
+        }
+        self.pending = others;
+        candidates.extend(fresh);
+        let (ready, waiting) = self.shards[index].applicable(&candidates);
+        let ready_changes: Vec<ValidatedChange> = ready.iter().map(|&i| candidates[i].clone()).collect();
+        self.apply_validated(index, &ready_changes)?;
+        for i in waiting {
+            if self.shards[index].has_change(&candidates[i].hash()) {
+                continue;
+            }
+            self.pending.push_back((shard, candidates[i].clone()));
+        }
+        while self.pending.len() > self.config.max_pending_changes {
+            self.pending.pop_front();
+            self.stats.changes_dropped_pending += 1;
+        }
+        self.stats.changes_pending = self.pending.len() as u64;
+        Ok(())
+    }
+
+    fn apply_validated(&mut self, index: usize, changes: &[ValidatedChange]) -> Result<(), ProtocolError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.shards[index]
+            .apply(changes)
+            .map_err(ProtocolError::Automerge)?;
+        self.after_apply(index, changes);
+        Ok(())
+    }
+
+    fn after_apply(&mut self, index: usize, changes: &[ValidatedChange]) {
+        for change in changes {
+            self.stats.changes_applied += 1;
+            self.persists.push_back(Persist {
+                shard: index as u16,
+                change: change.signed.clone(),
+            });
+            self.note_effects(&change.effects, true);
+        }
+        self.refresh_root();
+        // Pushes that were waiting on these may now apply.
+        if self.pending.iter().any(|(s, _)| *s as usize == index) {
+            let _ = self.on_push(index as u16, Vec::new());
+        }
+    }
+
+    fn note_effects(&mut self, effects: &[Effect], emit: bool) {
+        for effect in effects {
+            match effect {
+                Effect::Memory(record) => {
+                    if !self.deleted.contains(&record.id) && self.visible.insert(record.id) && emit {
+                        self.events
+                            .push_back(Event::MemoryAdded(Box::new(record.clone())));
+                    }
+                }
+                Effect::Tombstone(t) => {
+                    if self.deleted.insert(t.id) {
+                        self.visible.remove(&t.id);
+                        if emit {
+                            self.events.push_back(Event::MemoryDeleted {
+                                id: t.id,
+                                deleter: t.deleter,
+                                deleted_at_ms: t.deleted_at_ms,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn refresh_root(&mut self) {
+        let mut hasher = Sha256::new();
+        for shard in &self.shards {
+            hasher.update(shard.digest());
+        }
+        let hash = hasher.finalize();
+        self.root.copy_from_slice(&hash[..16]);
+    }
+
+    fn mark_in_sync(&mut self, now_ms: u64, peer: &P) {
+        self.stats.rounds_in_sync += 1;
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.status.last_in_sync_ms = Some(now_ms);
+        }
+    }
+
+    /// A new round: forget what was in flight (it may have been lost) but keep the heads both
+    /// sides are known to share, so the next bloom filter covers only what is new.
+    fn restart_sync(&mut self, peer: &P, shard: u16) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            let shared = state
+                .sync
+                .get(&shard)
+                .map(|s| s.shared_heads.clone())
+                .unwrap_or_default();
+            let mut fresh = sync::State::new();
+            fresh.shared_heads = shared;
+            state.sync.insert(shard, fresh);
+        }
+    }
+
+    fn on_probe(
+        &mut self,
+        now_ms: u64,
+        peer: &P,
+        round: u32,
+        shards: u16,
+        root: RootDigest,
+    ) -> Result<(), ProtocolError> {
+        if shards != self.config.shards {
+            return Err(ProtocolError::ShardCountMismatch {
+                ours: self.config.shards,
+                theirs: shards,
+            });
+        }
+        if root == self.root {
+            self.mark_in_sync(now_ms, peer);
+            self.send(Destination::Peer(peer.clone()), Message::InSync { round });
+            return Ok(());
+        }
+        for shard in 0..self.config.shards {
+            self.restart_sync(peer, shard);
+        }
+        let digests = self.shards.iter().map(Shard::digest).collect();
+        self.send(
+            Destination::Peer(peer.clone()),
+            Message::DigestReply {
+                round,
+                root: self.root,
+                shards: digests,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_reply(
+        &mut self,
+        now_ms: u64,
+        peer: &P,
+        _round: u32,
+        _root: RootDigest,
+        digests: Vec<[u8; 8]>,
+    ) -> Result<(), ProtocolError> {
+        if digests.len() != self.shards.len() {
+            return Err(ProtocolError::ShardCountMismatch {
+                ours: self.config.shards,
+                theirs: digests.len() as u16,
+            });
+        }
+        let differing: Vec<u16> = (0..self.config.shards)
+            .filter(|&s| digests[s as usize] != self.shards[s as usize].digest())
+            .collect();
+        if differing.is_empty() {
+            self.mark_in_sync(now_ms, peer);
+        }
+        for shard in differing {
+            self.restart_sync(peer, shard);
+            self.sync_out(peer, shard);
+        }
+        Ok(())
+    }
+
+    fn on_sync(
+        &mut self,
+        peer: &P,
+        shard: u16,
+        bytes: &[u8],
+        signatures: &[[u8; 64]],
+    ) -> Result<(), ProtocolError> {
+        let index = self.shard_index(shard)?;
+        let mut message = sync::Message::decode(bytes)
+            .map_err(|e| ProtocolError::Automerge(format!("sync message: {e}")))?;
+        if message.changes.len() != signatures.len() {
+            return Err(ProtocolError::RejectedChange {
+                hash: String::new(),
+                reason: format!(
+                    "{} changes but {} signatures",
+                    message.changes.len(),
+                    signatures.len()
+                ),
+            });
+        }
+        let signed: Vec<SignedChange> = message
+            .changes
+            .iter()
+            .zip(signatures)
+            .map(|(bytes, signature)| SignedChange {
+                bytes: bytes.to_vec(),
+                signature: *signature,
+            })
+            .collect();
+        let fresh = self.validate_all(index, &signed)?;
+        let (ready, _waiting) = self.shards[index].applicable(&fresh);
+        let accepted: Vec<ValidatedChange> = ready.into_iter().map(|i| fresh[i].clone()).collect();
+        // Only changes that passed the gate and can apply now reach automerge; the rest come
+        // again in a later round.
+        message.changes = ChunkList::from(
+            accepted
+                .iter()
+                .map(|c| c.signed.bytes.clone())
+                .collect::<Vec<_>>(),
+        );
+        let state = self
+            .peers
+            .get_mut(peer)
+            .map(|p| p.sync.entry(shard).or_default())
+            .ok_or_else(|| ProtocolError::Automerge("unknown peer".into()))?;
+        self.shards[index]
+            .doc
+            .receive_sync_message(state, message)
+            .map_err(|e| ProtocolError::Automerge(e.to_string()))?;
+        self.shards[index].record_applied(accepted.iter());
+        if !accepted.is_empty() {
+            self.after_apply(index, &accepted);
+        }
+        self.sync_out(peer, shard);
+        Ok(())
+    }
+
+    /// Sends what automerge's sync protocol says this peer needs for `shard`, split so that no
+    /// message exceeds the size limit.
+    fn sync_out(&mut self, peer: &P, shard: u16) {
+        let index = shard as usize;
+        let Some(state) = self.peers.get_mut(peer).map(|p| p.sync.entry(shard).or_default()) else {
+            return;
+        };
+        let Some(mut message) = self.shards[index].doc.generate_sync_message(state) else {
+            return;
+        };
+        // Only plain change chunks are accepted by the gate, so never invite whole documents.
+        message.supported_capabilities = Some(vec![Capability::MessageV1]);
+        let chunks: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
+        let mut signatures = Vec::with_capacity(chunks.len());
+        let mut kept = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let Ok(change) = Change::from_bytes(chunk.clone()) else {
+                continue;
+            };
+            match self.shards[index].signature_of(&change.hash()) {
+                Some(signature) => {
+                    signatures.push(signature);
+                    kept.push(chunk);
+                }
+                None => warn!(shard, "a change in this document has no signature; not sent"),
+            }
+        }
+        // Each part carries the same heads, needs and bloom filter; only the changes are split.
+        let budget = self.config.max_message_bytes / 2;
+        let mut parts: Vec<SyncPart> = vec![(Vec::new(), Vec::new())];
+        let mut size = 0usize;
+        for (chunk, signature) in kept.into_iter().zip(signatures) {
+            let last_has_some = parts.last().is_some_and(|(c, _)| !c.is_empty());
+            if size + chunk.len() + 64 > budget && last_has_some {
+                parts.push((Vec::new(), Vec::new()));
+                size = 0;
+            }
+            size += chunk.len() + 64;
+            if let Some((c, s)) = parts.last_mut() {
+                c.push(chunk);
+                s.push(signature);
+            }
+        }
+        for (chunks, signatures) in parts {
+            let mut part = message.clone();
+            part.changes = ChunkList::from(chunks);
+            self.send(
+                Destination::Peer(peer.clone()),
+                Message::Sync {
+                    shard,
+                    message: part.encode(),
+                    signatures,
+                },
+            );
+        }
+    }
+}
+
+/// Change chunks of one outgoing sync message, with their signatures.
+type SyncPart = (Vec<Vec<u8>>, Vec<[u8; 64]>);
+
+fn short_hash(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    hex::encode(&hash[..6])
+}
+
+/// For drivers that refuse a record before it reaches the engine.
+pub fn verify_record(bytes: &[u8], limits: &RecordLimits) -> Result<MemoryRecord, RecordError> {
+    MemoryRecord::decode_verified(bytes, limits)
+}
