@@ -261,6 +261,19 @@ fn main() {
     let plain = start.elapsed().as_secs_f64();
     let heads: usize = docs.iter().map(|d| d.get_heads().len()).sum();
     assert!(heads > 0);
+    // What the two ed25519 verifications per memory (record and change) cost on their own.
+    let signer = key(30);
+    let verifier = signer.verifying_key();
+    let message = vec![7u8; 1100];
+    let signature = ed25519_dalek::Signer::sign(&signer, &message);
+    let start = Instant::now();
+    for _ in 0..2 * n.min(5000) {
+        ed25519_dalek::Verifier::verify(&verifier, &message, &signature).unwrap();
+    }
+    let verify_rate = n.min(5000) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "| two ed25519 verifications alone (record + change, 1.1 KB) | {verify_rate:.0} memories/s | - | - |"
+    );
     println!(
         "| merge {n} single-memory changes (verify + apply) | {:.0} memories/s | plain automerge apply_changes, no verification: {:.0} /s | {:.3} |",
         n as f64 / ours,

@@ -114,6 +114,13 @@ impl<'a> Reader<'a> {
             }
             value |= bits << (7 * i);
             if byte & 0x80 == 0 {
+                // One value, one encoding: a trailing zero group is an overlong form.
+                if byte == 0 && i > 0 {
+                    return Err(DecodeError::Invalid {
+                        what,
+                        reason: "varint is not in its shortest form".into(),
+                    });
+                }
                 return Ok(value);
             }
         }
@@ -193,6 +200,9 @@ mod tests {
                 .is_err()
         );
         assert!(Reader::new(&[0x80]).varint("v").is_err());
+        // Overlong forms of 0 and 1 (found by the fuzzer: they broke decode/encode round trips).
+        assert!(Reader::new(&[0x80, 0x00]).varint("v").is_err());
+        assert!(Reader::new(&[0x81, 0x80, 0x00]).varint("v").is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, trace, warn};
 
 use crate::{
-    error::{LoadError, ProtocolError, RecordError, WriteError},
+    error::{LoadError, ProtocolError, WriteError},
     id::{AuthorKey, MemoryId},
     message::{MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, SignedChange},
     record::{MemoryDraft, MemoryRecord, RecordLimits, Tombstone},
@@ -153,12 +153,16 @@ pub struct PeerStatus {
     pub rejected_messages: u64,
 }
 
+#[derive(Clone)]
 struct PeerState {
     status: PeerStatus,
     /// automerge sync state per shard, created when a shard is first synced with this peer.
     sync: BTreeMap<u16, sync::State>,
 }
 
+/// Cloning copies the whole replica (documents included): for snapshots in simulations and
+/// fuzzing, not for hot paths.
+#[derive(Clone)]
 pub struct Engine<P> {
     config: Config,
     rules: Rules,
@@ -847,9 +851,4 @@ type SyncPart = (Vec<Vec<u8>>, Vec<[u8; 64]>);
 fn short_hash(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     hex::encode(&hash[..6])
-}
-
-/// For drivers that refuse a record before it reaches the engine.
-pub fn verify_record(bytes: &[u8], limits: &RecordLimits) -> Result<MemoryRecord, RecordError> {
-    MemoryRecord::decode_verified(bytes, limits)
 }

@@ -14,7 +14,7 @@ mod message;
 mod record;
 mod shard;
 
-pub use engine::{Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit, verify_record};
+pub use engine::{Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit};
 pub use error::{DecodeError, LoadError, ProtocolError, RecordError, WriteError};
 pub use id::{AuthorKey, MAX_ID_TIME_MS, MemoryId, short_key};
 pub use message::{

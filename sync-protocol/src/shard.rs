@@ -80,6 +80,7 @@ pub fn sign_change(change: &Change, key: &SigningKey) -> SignedChange {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Shard {
     pub index: u16,
     pub doc: Automerge,

@@ -13,11 +13,25 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { at: usize, count: usize },
-    Delete { at: usize, pick: usize },
-    Advance { ms: u64 },
-    Partition { groups: Vec<u8> },
+    Write {
+        at: usize,
+        count: usize,
+    },
+    Delete {
+        at: usize,
+        pick: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    Partition {
+        groups: Vec<u8>,
+    },
     Heal,
+    /// The replica's process dies and starts again from what it persisted.
+    Restart {
+        at: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -27,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1u64..5_000).prop_map(|ms| Op::Advance { ms }),
         1 => proptest::collection::vec(0u8..3, 20).prop_map(|groups| Op::Partition { groups }),
         1 => Just(Op::Heal),
+        1 => any::<usize>().prop_map(|at| Op::Restart { at }),
     ]
 }
 
@@ -107,6 +122,7 @@ proptest! {
                 Op::Advance { ms } => { let t = net.now + ms; net.run_until(t) }
                 Op::Partition { groups } => net.groups = Some(groups[..n].to_vec()),
                 Op::Heal => net.groups = None,
+                Op::Restart { at } => net.restart(at % n),
             }
         }
         net.groups = None;

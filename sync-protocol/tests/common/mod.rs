@@ -227,6 +227,24 @@ impl Net {
         }
     }
 
+    /// Replaces replica `i` by one loaded from its persisted changes; messages in flight to the
+    /// old process are lost with it.
+    pub fn restart(&mut self, i: usize) {
+        let config = self.replicas[i].engine.config().clone();
+        let persisted = self.replicas[i].persisted.clone();
+        let seed = self.rng.u64(..);
+        let mut engine = Engine::load(config, self.replicas[i].key.clone(), seed, self.now, persisted)
+            .expect("own state loads");
+        for j in (0..self.replicas.len()).filter(|&j| j != i) {
+            engine.peer_connected(self.now, j);
+        }
+        self.inflight = std::mem::take(&mut self.inflight)
+            .into_iter()
+            .filter(|Reverse((_, _, _, to, _))| *to != i)
+            .collect();
+        self.replicas[i].engine = engine;
+    }
+
     pub fn converged(&self) -> bool {
         let root = self.replicas[0].engine.root_digest();
         self.replicas.iter().all(|r| r.engine.root_digest() == root)
