@@ -23,7 +23,9 @@ use crate::{
     id::{AuthorKey, MemoryId},
     message::{MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, SignedChange},
     record::{MemoryDraft, MemoryRecord, RecordLimits, Tombstone},
-    shard::{Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, tombstone_key},
+    shard::{
+        Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, parse_change, tombstone_key,
+    },
 };
 
 /// Swarm-wide settings: every replica of one swarm must agree on `shards`, `admins` and
@@ -541,16 +543,21 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let target = &self.shards[shard];
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            let validated =
-                target
-                    .validate(change, &self.rules)
-                    .map_err(|reason| ProtocolError::RejectedChange {
-                        hash: short_hash(&change.bytes),
-                        reason,
-                    })?;
-            if !target.has_change(&validated.hash()) {
-                out.push(validated);
+            let rejected = |reason| ProtocolError::RejectedChange {
+                hash: short_hash(&change.bytes),
+                reason,
+            };
+            let parsed = parse_change(change).map_err(rejected)?;
+            // Gossip delivers most changes more than once: skip the signature checks for
+            // those already here (their hash covers every byte).
+            if target.has_change(&parsed.hash()) {
+                continue;
             }
+            out.push(
+                target
+                    .validate_parsed(parsed, change, &self.rules)
+                    .map_err(rejected)?,
+            );
         }
         Ok(out)
     }

@@ -72,6 +72,17 @@ fn change_signing_message(hash: &ChangeHash) -> Vec<u8> {
     message
 }
 
+/// Parses a plain change chunk: no whole documents and no compressed chunks, so nothing is
+/// ever inflated from a peer's bytes.
+pub(crate) fn parse_change(signed: &SignedChange) -> Result<Change, String> {
+    match signed.bytes.get(CHUNK_TYPE_OFFSET) {
+        Some(&CHUNK_TYPE_CHANGE) => {}
+        Some(other) => return Err(format!("chunk type {other} is not a plain change")),
+        None => return Err("too short to be a change".into()),
+    }
+    Change::from_bytes(signed.bytes.clone()).map_err(|e| e.to_string())
+}
+
 /// Signs a change as its author: the actor id must be `key`'s public key for anyone to accept it.
 pub fn sign_change(change: &Change, key: &SigningKey) -> SignedChange {
     SignedChange {
@@ -178,12 +189,16 @@ impl Shard {
 
     /// The gate. `Err` explains the refusal; nothing is modified either way.
     pub fn validate(&self, signed: &SignedChange, rules: &Rules) -> Result<ValidatedChange, String> {
-        match signed.bytes.get(CHUNK_TYPE_OFFSET) {
-            Some(&CHUNK_TYPE_CHANGE) => {}
-            Some(other) => return Err(format!("chunk type {other} is not a plain change")),
-            None => return Err("too short to be a change".into()),
-        }
-        let change = Change::from_bytes(signed.bytes.clone()).map_err(|e| e.to_string())?;
+        self.validate_parsed(parse_change(signed)?, signed, rules)
+    }
+
+    /// The gate, for a change already parsed by [`parse_change`] from `signed`.
+    pub fn validate_parsed(
+        &self,
+        change: Change,
+        signed: &SignedChange,
+        rules: &Rules,
+    ) -> Result<ValidatedChange, String> {
         let actor: AuthorKey = change
             .actor_id()
             .to_bytes()
