@@ -347,9 +347,22 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 .or_default()
                 .push((memory_key(&record.id), bytes.clone()));
         }
+        // A change must fit in one message with room to spare, whatever the batch.
+        let budget = self.config.max_message_bytes / 2;
         for (shard, entries) in by_shard {
-            for chunk in entries.chunks(MAX_OPS_PER_CHANGE) {
-                self.commit_local(now_ms, shard, chunk)?;
+            let mut start = 0;
+            while start < entries.len() {
+                let mut end = start;
+                let mut size = 0;
+                while end < entries.len()
+                    && end - start < MAX_OPS_PER_CHANGE
+                    && (end == start || size + entries[end].1.len() + 128 <= budget)
+                {
+                    size += entries[end].1.len() + 128;
+                    end += 1;
+                }
+                self.commit_local(now_ms, shard, &entries[start..end])?;
+                start = end;
             }
         }
         let records: Vec<MemoryRecord> = signed.into_iter().map(|(r, _)| r).collect();

@@ -281,3 +281,41 @@ fn honest_deletes_by_author_and_admin_are_accepted_and_others_not() {
     assert!(other.is_deleted(&records[0].id) && other.is_deleted(&records[1].id));
     assert_eq!(other.visible_count(), 0);
 }
+
+#[test]
+fn a_large_batch_is_split_into_changes_that_each_fit_a_message() {
+    let config = Config {
+        shards: 1,
+        max_message_bytes: 64 * 1024,
+        ..Config::default()
+    };
+    let mut writer = Engine::<usize>::new(config.clone(), common::key_for(4, 0), 1, 0).unwrap();
+    let mut reader = Engine::<usize>::new(config.clone(), common::key_for(4, 1), 2, 0).unwrap();
+    let mut rng = fastrand::Rng::with_seed(9);
+    // 20 memories of ~16 KB: several times what one message may carry.
+    let drafts: Vec<_> = (0..20)
+        .map(|_| {
+            let mut d = common::draft(&mut rng, 4096);
+            d.text = "x".repeat(8000);
+            d
+        })
+        .collect();
+    writer.write(1, &drafts).unwrap();
+    let mut pushes = 0;
+    while let Some(t) = writer.poll_transmit() {
+        assert!(
+            t.bytes.len() <= config.max_message_bytes,
+            "{} bytes",
+            t.bytes.len()
+        );
+        reader.handle_incoming(2, &0, &t.bytes).unwrap();
+        pushes += 1;
+    }
+    assert!(
+        pushes > 1,
+        "{pushes} pushes, writer holds {} in {} changes",
+        writer.visible_count(),
+        writer.change_count()
+    );
+    assert_eq!(reader.visible_count(), 20);
+}
