@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults, end to end: build, start an agent (it fetches its model on
 # first start), import 512 real texts, search them, show the agent's stats, stop it cleanly.
-# The agent's data stays in $MURMUR_DEMO_DIR (default ./murmur-data/demo-agent).
+# The agent's data stays in $MURMUR_DEMO_DIR (default ./murmur-data/demo-agent) after the run;
+# each run starts it afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked -p murmur-agent
 bin="${CARGO_TARGET_DIR:-target}/release/murmur-agent"
 data="${MURMUR_DEMO_DIR:-murmur-data/demo-agent}"
+rm -rf "$data"
 mkdir -p "$data"
-rm -f "$data/api.addr"
 
 "$bin" run --data-dir "$data" --api-addr 127.0.0.1:0 &
 agent=$!

@@ -61,6 +61,7 @@ impl From<AgentError> for ApiError {
             AgentError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::Deleted(_) => (StatusCode::GONE, "deleted"),
+            AgentError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AgentError::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_quota_exceeded"),
             AgentError::Embedding(ModelError::EmptyText { .. } | ModelError::TextTooLong { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input")

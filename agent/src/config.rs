@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub index: IndexSettings,
     pub limits: Limits,
     pub model: ModelSection,
+    /// Swarm-wide sync settings (shards, admins); the same on every agent of a swarm.
+    pub sync: crate::replica::SyncSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -55,6 +57,7 @@ impl Default for AgentConfig {
             index: IndexSettings::default(),
             limits: Limits::default(),
             model: ModelSection::default(),
+            sync: crate::replica::SyncSettings::default(),
         }
     }
 }
@@ -90,6 +93,8 @@ impl AgentConfig {
             self.index_save_interval_secs >= 1,
             "index_save_interval_secs must be at least 1"
         );
+        crate::replica::check_limits(&self.limits)?;
+        self.sync.engine_config()?;
         Ok(())
     }
 }

@@ -13,6 +13,9 @@ pub enum AgentError {
     #[error("memory {0} was deleted")]
     Deleted(String),
 
+    #[error("{0}")]
+    Forbidden(String),
+
     #[error("disk quota exceeded: the store uses {used} bytes of {quota} allowed")]
     QuotaExceeded { used: u64, quota: u64 },
 

@@ -12,6 +12,7 @@ pub mod index;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod store;

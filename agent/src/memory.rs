@@ -200,14 +200,6 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// Rounds a vector to what the store keeps: IEEE half precision. Embeddings of unit length
-/// lose nothing that matters (cosine to the f32 original > 0.99999) and take half the disk.
-pub fn round_to_stored_precision(vector: &mut [f32]) {
-    for v in vector {
-        *v = half::f16::from_f32(*v).to_f32();
-    }
-}
-
 /// On-disk form, postcard-encoded behind a format byte so later versions can migrate.
 #[derive(Serialize, Deserialize)]
 struct StoredV2<'a> {
@@ -355,17 +347,6 @@ mod tests {
         let mut m = new("t");
         m.tags = vec!["a".into(), "a".into(), "b".into()];
         assert_eq!(m.validate(&limits, 4).unwrap().tags, vec!["a", "b"]);
-    }
-
-    #[test]
-    fn stored_precision_keeps_direction() {
-        let mut v: Vec<f32> = (0..384).map(|i| ((i as f32) * 0.37).sin()).collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        let mut rounded = v.clone();
-        round_to_stored_precision(&mut rounded);
-        let dot: f32 = v.iter().zip(&rounded).map(|(a, b)| a * b).sum();
-        assert!(dot > 0.99999, "{dot}");
     }
 
     #[test]

@@ -21,11 +21,10 @@ use crate::{
     filter::{Filter, FilterAttrs, FilterRequest, Interner},
     identity::Identity,
     index::VectorIndex,
-    memory::{
-        Memory, NewMemory, round_to_stored_precision, validate_namespace, validate_text, validate_vector,
-    },
+    memory::{Memory, NewMemory, validate_namespace, validate_text, validate_vector},
     metrics::Metrics,
     progress::Progress,
+    replica::{self, Replica, SyncStatus},
     store::{Lookup, Store},
     time::now_ms,
 };
@@ -88,6 +87,7 @@ pub struct Stats {
     pub dimension: usize,
     pub author: String,
     pub generation: u64,
+    pub sync: SyncStatus,
 }
 
 pub struct Agent {
@@ -96,6 +96,7 @@ pub struct Agent {
     index: VectorIndex,
     embedder: Embedder,
     identity: Identity,
+    replica: Replica,
     attrs: RwLock<Attrs>,
     /// Serialises writes so store generation, index and attrs move together.
     write_lock: tokio::sync::Mutex<()>,
@@ -117,6 +118,20 @@ impl Agent {
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
+        replica::check_limits(&config.limits)?;
+        let replica = Replica::load(
+            &store,
+            config.sync.engine_config()?,
+            identity.signing_key().clone(),
+        )
+        .context("loading the swarm state")?;
+        anyhow::ensure!(
+            replica.visible_count() == store.len(),
+            "the database holds {} memories but its swarm state {}; it was written by an older agent \
+             or damaged: move it aside and re-import",
+            store.len(),
+            replica.visible_count()
+        );
 
         let cache = CacheDir::resolve(config.model.cache_dir.as_deref())?;
         let model = match &config.model.config {
@@ -207,6 +222,7 @@ impl Agent {
             index,
             embedder,
             identity,
+            replica,
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
             index_dirty: AtomicBool::new(false),
@@ -281,34 +297,37 @@ impl Agent {
         .into_iter();
         self.metrics.observe_embedding(started.elapsed());
 
-        let author = self.identity.public_hex();
         let model_id = self.embedder.model_id().to_string();
         let _guard = self.write_lock.lock().await;
-        let now = now_ms();
-        let mut memories = Vec::with_capacity(valid.len());
+        let mut drafts = Vec::with_capacity(valid.len());
         for m in valid {
-            let mut vector = match m.vector {
+            let vector = match m.vector {
                 Some(v) => v,
                 None => embedded
                     .next()
                     .ok_or_else(|| AgentError::Index("embedder returned too few vectors".into()))?,
             };
-            // Index and answer with exactly what the store will give back after a restart.
-            round_to_stored_precision(&mut vector);
-            memories.push(Memory {
-                id: Uuid::now_v7(),
+            drafts.push(murmur_sync::MemoryDraft {
                 namespace: m.namespace,
                 text: m.text,
-                metadata: m.metadata,
+                metadata_json: serde_json::to_string(&m.metadata)
+                    .map_err(|e| AgentError::invalid(format!("metadata: {e}")))?,
                 tags: m.tags,
-                created_at_ms: now,
-                author: author.clone(),
                 model_id: model_id.clone(),
                 vector,
-                label: self.store.next_label()?,
             });
         }
-        self.store.insert(&memories).await?;
+        // The replica signs each memory and gives it its id; the store keeps it at the
+        // precision the record carries, so search answers with what a restart gives back.
+        let (records, changes) = self.replica.write(&drafts)?;
+        let mut memories = Vec::with_capacity(records.len());
+        for record in &records {
+            memories.push(replica::memory_from_record(record, self.store.next_label()?));
+        }
+        if let Err(e) = self.store.insert(&memories, &changes).await {
+            self.replica.reload(&self.store)?;
+            return Err(e);
+        }
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
         // Never hold the attrs lock while taking the index lock: a filtered search holds the
         // index lock and takes the attrs lock inside its predicate.
@@ -339,7 +358,20 @@ impl Agent {
     #[tracing::instrument(skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         let _guard = self.write_lock.lock().await;
-        let (memory, _generation) = self.store.delete(id, now_ms()).await?;
+        // Refuse what the store would refuse before the replica signs anything.
+        match self.store.get(id)? {
+            Lookup::Found(_) => {}
+            Lookup::Deleted(_) => return Err(AgentError::Deleted(id.to_string())),
+            Lookup::Missing => return Err(AgentError::NotFound(id.to_string())),
+        }
+        let (_tombstone, changes) = self.replica.delete(id)?;
+        let (memory, _generation) = match self.store.delete(id, now_ms(), &changes).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.replica.reload(&self.store)?;
+                return Err(e);
+            }
+        };
         self.index.remove(memory.label)?;
         self.attrs_write().by_label.remove(&memory.label);
         self.index_dirty.store(true, Ordering::Release);
@@ -515,6 +547,7 @@ impl Agent {
             dimension: self.embedder.dimension(),
             author: self.identity.public_hex(),
             generation: self.store.generation()?,
+            sync: self.replica.status(),
         })
     }
 

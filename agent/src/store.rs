@@ -5,8 +5,9 @@
 //! (index label -> id), `tombstones` (id -> deletion), `meta` (generation). A write touches
 //! them in one sled transaction and is flushed (fsync) before it is acknowledged. The
 //! generation counter moves with every write, so a saved index can tell whether it is stale.
-//! The swarm's CRDT state (murmur-sync) is meant to live in further trees of this same
-//! database and commit in the same transactions.
+//! `sync_changes` holds the swarm's CRDT state (murmur-sync's signed changes, key: shard then
+//! a unique sequence number) and is written in the same transactions as the memories it
+//! describes, so the two never disagree after a crash.
 
 use std::path::Path;
 
@@ -16,6 +17,8 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
 };
 use uuid::Uuid;
+
+use murmur_sync::{Persist, SignedChange};
 
 use crate::{
     error::{AgentError, Result},
@@ -31,6 +34,7 @@ pub struct Store {
     labels: sled::Tree,
     tombstones: sled::Tree,
     meta: sled::Tree,
+    sync_changes: sled::Tree,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +90,7 @@ impl Store {
             labels: db.open_tree("labels")?,
             tombstones: db.open_tree("tombstones")?,
             meta: db.open_tree("meta")?,
+            sync_changes: db.open_tree("sync_changes")?,
             db,
         })
     }
@@ -103,18 +108,41 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Stores all of `memories` atomically and durably; returns the new generation.
-    pub async fn insert(&self, memories: &[Memory]) -> Result<u64> {
+    /// Keys for persisted sync changes: shard, then a never reused sequence number.
+    fn change_rows(&self, changes: &[Persist]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        changes
+            .iter()
+            .map(|p| {
+                let mut key = p.shard.to_be_bytes().to_vec();
+                key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                Ok((key, p.change.encode()))
+            })
+            .collect()
+    }
+
+    /// Stores all of `memories` and the sync changes that carry them, atomically and durably;
+    /// returns the new generation.
+    pub async fn insert(&self, memories: &[Memory], changes: &[Persist]) -> Result<u64> {
         let encoded: Vec<(Vec<u8>, Vec<u8>)> = memories
             .iter()
             .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
             .collect();
-        let generation = (&self.memories, &self.by_namespace, &self.labels, &self.meta)
-            .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta)| {
+        let change_rows = self.change_rows(changes)?;
+        let generation = (
+            &self.memories,
+            &self.by_namespace,
+            &self.labels,
+            &self.meta,
+            &self.sync_changes,
+        )
+            .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
                 for (memory, (key, value)) in memories.iter().zip(&encoded) {
                     tx_memories.insert(key.as_slice(), value.as_slice())?;
                     tx_namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
                     tx_labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+                }
+                for (key, value) in &change_rows {
+                    tx_changes.insert(key.as_slice(), value.as_slice())?;
                 }
                 bump_generation(tx_meta)
             })
@@ -123,8 +151,28 @@ impl Store {
         Ok(generation)
     }
 
+    /// Every persisted sync change, for rebuilding the engine at start.
+    pub fn sync_changes(&self) -> Result<Vec<(u16, SignedChange)>> {
+        self.sync_changes
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let corrupt = |reason: String| AgentError::CorruptRecord {
+                    key: format!("sync_changes/{}", hex::encode(&key)),
+                    reason,
+                };
+                let shard = key
+                    .get(..2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                    .ok_or_else(|| corrupt("short key".into()))?;
+                let change = SignedChange::decode(&value).map_err(|e| corrupt(e.to_string()))?;
+                Ok((shard, change))
+            })
+            .collect()
+    }
+
     /// Replaces a memory with its tombstone, durably. Returns what was deleted.
-    pub async fn delete(&self, id: Uuid, now_ms: u64) -> Result<(Memory, u64)> {
+    pub async fn delete(&self, id: Uuid, now_ms: u64, changes: &[Persist]) -> Result<(Memory, u64)> {
         let memory = match self.get(id)? {
             Lookup::Found(memory) => memory,
             Lookup::Deleted(_) => return Err(AgentError::Deleted(id.to_string())),
@@ -135,15 +183,17 @@ impl Store {
             label: memory.label,
         };
         let tombstone_bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
+        let change_rows = self.change_rows(changes)?;
         let generation = (
             &self.memories,
             &self.by_namespace,
             &self.labels,
             &self.tombstones,
             &self.meta,
+            &self.sync_changes,
         )
             .transaction(
-                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta)| {
+                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
                     if tx_memories.remove(id.as_bytes())?.is_none() {
                         // Deleted concurrently by another request.
                         return Err(ConflictableTransactionError::Abort(AgentError::Deleted(
@@ -153,6 +203,9 @@ impl Store {
                     tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
                     tx_labels.remove(&memory.label.to_be_bytes())?;
                     tx_tombstones.insert(id.as_bytes(), tombstone_bytes.as_slice())?;
+                    for (key, value) in &change_rows {
+                        tx_changes.insert(key.as_slice(), value.as_slice())?;
+                    }
                     bump_generation(tx_meta)
                 },
             )

@@ -1,0 +1,270 @@
+//! This agent's replica of the swarm state: the `murmur-sync` engine, loaded from and persisted
+//! to the agent's own sled database. Every memory the agent stores exists here as a record
+//! signed by its author; the store and the engine move together in one transaction.
+
+use std::sync::{Mutex, MutexGuard};
+
+use murmur_sync::{
+    AuthorKey, Config as SyncConfig, Engine, MemoryDraft, MemoryId, MemoryRecord, Persist, RecordLimits,
+    SigningKey, Tombstone, WriteError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{
+    error::{AgentError, Result},
+    memory::{Limits, Memory},
+    store::Store,
+    time::now_ms,
+};
+
+/// How a peer is named to the engine: its ed25519 public key (also its libp2p identity).
+pub type PeerKey = AuthorKey;
+
+/// Swarm-wide sync settings: every agent of one swarm must use the same `shards` and `admins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    pub shards: u16,
+    /// Hex ed25519 public keys of operators who may delete any memory.
+    pub admins: Vec<String>,
+    pub anti_entropy_interval_ms: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        let defaults = SyncConfig::default();
+        Self {
+            shards: defaults.shards,
+            admins: Vec::new(),
+            anti_entropy_interval_ms: defaults.anti_entropy_interval_ms,
+        }
+    }
+}
+
+impl SyncSettings {
+    pub fn engine_config(&self) -> anyhow::Result<SyncConfig> {
+        let mut admins = Vec::with_capacity(self.admins.len());
+        for admin in &self.admins {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(admin, &mut key)
+                .map_err(|_| anyhow::anyhow!("sync.admins: {admin:?} is not a 64-hex-digit ed25519 key"))?;
+            admins.push(key);
+        }
+        Ok(SyncConfig {
+            shards: self.shards,
+            admins,
+            anti_entropy_interval_ms: self.anti_entropy_interval_ms,
+            ..SyncConfig::default()
+        })
+    }
+}
+
+/// The agent's write limits must fit what the swarm accepts from any member.
+pub fn check_limits(limits: &Limits) -> anyhow::Result<()> {
+    let swarm = RecordLimits::default();
+    anyhow::ensure!(
+        limits.max_text_bytes <= swarm.max_text_bytes
+            && limits.max_metadata_bytes <= swarm.max_metadata_bytes
+            && limits.max_tags <= swarm.max_tags
+            && limits.max_tag_bytes <= swarm.max_tag_bytes,
+        "limits exceed what the swarm accepts (text {} B, metadata {} B, {} tags of {} B)",
+        swarm.max_text_bytes,
+        swarm.max_metadata_bytes,
+        swarm.max_tags,
+        swarm.max_tag_bytes
+    );
+    Ok(())
+}
+
+pub struct Replica {
+    engine: Mutex<Engine<PeerKey>>,
+    config: SyncConfig,
+    key: SigningKey,
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // A failing OS RNG only costs nonce and jitter diversity, never correctness.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+impl Replica {
+    /// Rebuilds the engine from the changes in the store (re-verifying each one).
+    pub fn load(store: &Store, config: SyncConfig, key: SigningKey) -> Result<Self> {
+        let engine = Self::load_engine(store, &config, &key)?;
+        Ok(Self {
+            engine: Mutex::new(engine),
+            config,
+            key,
+        })
+    }
+
+    fn load_engine(store: &Store, config: &SyncConfig, key: &SigningKey) -> Result<Engine<PeerKey>> {
+        let changes = store.sync_changes()?;
+        Engine::load(config.clone(), key.clone(), seed(), now_ms(), changes).map_err(|e| {
+            AgentError::CorruptRecord {
+                key: "sync_changes".into(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// After a failed store write the engine may hold changes the store does not: throw them
+    /// away, or they would be synced to peers and then lost at the next restart.
+    pub fn reload(&self, store: &Store) -> Result<()> {
+        let engine = Self::load_engine(store, &self.config, &self.key)?;
+        *self.lock() = engine;
+        Ok(())
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Engine<PeerKey>> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signs `drafts` as this agent and returns the records with what must be persisted with
+    /// them. Nothing is sent to peers before the caller has stored both.
+    pub fn write(&self, drafts: &[MemoryDraft]) -> Result<(Vec<MemoryRecord>, Vec<Persist>)> {
+        let mut engine = self.lock();
+        let records = engine.write(now_ms(), drafts).map_err(write_error)?;
+        let persists = drain(&mut engine);
+        Ok((records, persists))
+    }
+
+    pub fn delete(&self, id: Uuid) -> Result<(Tombstone, Vec<Persist>)> {
+        let mut engine = self.lock();
+        let tombstone = engine
+            .delete(now_ms(), &MemoryId(id.into_bytes()))
+            .map_err(write_error)?;
+        let persists = drain(&mut engine);
+        Ok((tombstone, persists))
+    }
+
+    pub fn visible_count(&self) -> usize {
+        self.lock().visible_count()
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        let engine = self.lock();
+        SyncStatus {
+            root_digest: hex::encode(engine.root_digest()),
+            shards: self.config.shards,
+            changes: engine.change_count(),
+            visible: engine.visible_count(),
+            pending_changes: engine.pending_changes(),
+        }
+    }
+}
+
+/// Takes what the engine wants persisted. Until a network driver exists, what it would send
+/// and its events about this agent's own writes are dropped here: the agent applies its own
+/// writes directly.
+fn drain(engine: &mut Engine<PeerKey>) -> Vec<Persist> {
+    let mut persists = Vec::new();
+    while let Some(p) = engine.poll_persist() {
+        persists.push(p);
+    }
+    while engine.poll_event().is_some() {}
+    while engine.poll_transmit().is_some() {}
+    persists
+}
+
+fn write_error(error: WriteError) -> AgentError {
+    match error {
+        WriteError::UnknownMemory(id) => AgentError::NotFound(id),
+        WriteError::AlreadyDeleted(id) => AgentError::Deleted(id),
+        WriteError::Record(murmur_sync::RecordError::DeleteNotAuthorized { deleter, author }) => {
+            AgentError::Forbidden(format!(
+                "only the memory's author ({author}…) or a swarm admin may delete it; this agent is {deleter}…"
+            ))
+        }
+        WriteError::Invalid(message) => AgentError::InvalidInput(message),
+        WriteError::Record(e) => AgentError::InvalidInput(e.to_string()),
+        WriteError::Automerge(e) => AgentError::Index(format!("sync state: {e}")),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    pub root_digest: String,
+    pub shards: u16,
+    pub changes: usize,
+    pub visible: usize,
+    pub pending_changes: usize,
+}
+
+/// What the agent stores for a record: the same memory, with a local index label.
+pub fn memory_from_record(record: &MemoryRecord, label: u64) -> Memory {
+    let metadata = match serde_json::from_str(&record.metadata_json) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    Memory {
+        id: record.id.as_uuid(),
+        namespace: record.namespace.clone(),
+        text: record.text.clone(),
+        metadata,
+        tags: record.tags.clone(),
+        created_at_ms: record.created_at_ms(),
+        author: hex::encode(record.author),
+        model_id: record.model_id.clone(),
+        vector: record.vector(),
+        label,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(text: &str) -> MemoryDraft {
+        MemoryDraft {
+            namespace: "default".into(),
+            text: text.into(),
+            metadata_json: "{}".into(),
+            tags: vec![],
+            model_id: "m".into(),
+            vector: vec![0.5, 0.5],
+        }
+    }
+
+    #[tokio::test]
+    async fn only_authors_delete_and_a_failed_store_write_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let config = SyncSettings::default().engine_config().unwrap();
+        let replica = Replica::load(&store, config.clone(), SigningKey::from_bytes(&[1; 32])).unwrap();
+
+        // A memory by another agent arrives as a push.
+        let mut other: Engine<PeerKey> =
+            Engine::new(config.clone(), SigningKey::from_bytes(&[2; 32]), 5, 0).unwrap();
+        let foreign = other.write(1, &[draft("not mine")]).unwrap().remove(0);
+        let push = other.poll_transmit().unwrap();
+        {
+            let mut engine = replica.lock();
+            engine.handle_incoming(2, &[2; 32], &push.bytes).unwrap();
+            assert!(
+                engine.poll_persist().is_some(),
+                "a received change is handed over to persist"
+            );
+        }
+        let error = replica.delete(foreign.id.as_uuid()).err().unwrap();
+        assert!(matches!(error, AgentError::Forbidden(_)), "{error}");
+
+        // Own memories delete; unknown ones are not found.
+        let (mine, changes) = replica.write(&[draft("mine")]).unwrap();
+        assert_eq!(changes.len(), 1);
+        replica.delete(mine[0].id.as_uuid()).unwrap();
+        assert!(matches!(
+            replica.delete(Uuid::nil()),
+            Err(AgentError::NotFound(_))
+        ));
+
+        // Nothing of the above was stored: reloading forgets it all.
+        replica.reload(&store).unwrap();
+        assert_eq!(replica.visible_count(), 0);
+        assert_eq!(replica.status().changes, 0);
+    }
+}
