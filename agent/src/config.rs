@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub model: ModelSection,
     /// Swarm-wide sync settings (shards, admins); the same on every agent of a swarm.
     pub sync: crate::replica::SyncSettings,
+    /// Peers: transports, discovery, the swarm key (off unless enabled).
+    pub swarm: crate::swarm::SwarmSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -58,6 +60,7 @@ impl Default for AgentConfig {
             limits: Limits::default(),
             model: ModelSection::default(),
             sync: crate::replica::SyncSettings::default(),
+            swarm: crate::swarm::SwarmSettings::default(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl AgentConfig {
         );
         crate::replica::check_limits(&self.limits)?;
         self.sync.engine_config()?;
+        self.swarm.validate()?;
         Ok(())
     }
 }

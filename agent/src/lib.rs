@@ -16,6 +16,7 @@ pub mod replica;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod swarm;
 pub mod time;
 
 pub use config::AgentConfig;

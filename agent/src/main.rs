@@ -86,6 +86,18 @@ struct RunArgs {
     /// Model cache directory (see murmur-models fetch).
     #[arg(long, env = "MURMUR_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Join a swarm: listen on this multiaddr (repeatable; enables the swarm).
+    #[arg(long = "swarm-listen")]
+    swarm_listen: Vec<String>,
+    /// Dial this peer multiaddr (with /p2p/<peer id>) at start (repeatable).
+    #[arg(long = "swarm-bootstrap")]
+    swarm_bootstrap: Vec<String>,
+    /// The swarm's pre-shared key, 64 hex digits.
+    #[arg(long, env = "MURMUR_SWARM_KEY", hide_env_values = true)]
+    swarm_key: Option<String>,
+    /// No LAN discovery by multicast DNS.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Args)]
@@ -117,6 +129,19 @@ fn main() -> Result<()> {
             }
             if let Some(quota) = args.disk_quota_bytes {
                 config.disk_quota_bytes = quota;
+            }
+            if !args.swarm_listen.is_empty() {
+                config.swarm.enabled = true;
+                config.swarm.listen = args.swarm_listen;
+            }
+            if !args.swarm_bootstrap.is_empty() {
+                config.swarm.bootstrap = args.swarm_bootstrap;
+            }
+            if let Some(key) = args.swarm_key {
+                config.swarm.swarm_key = Some(key);
+            }
+            if args.no_mdns {
+                config.swarm.mdns = false;
             }
             if let Some(cache) = args.cache_dir {
                 config.model.cache_dir = Some(cache);

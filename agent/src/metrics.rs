@@ -25,6 +25,14 @@ pub struct SearchLabels {
     pub path: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwarmLabels {
+    /// `in` or `out`.
+    pub direction: &'static str,
+    /// The sync message kind (`push`, `digest_probe`, `digest_reply`, `in_sync`, `sync`).
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
@@ -32,6 +40,11 @@ pub struct Metrics {
     pub searches: Family<SearchLabels, Counter>,
     pub memories_written: Counter,
     pub memories_deleted: Counter,
+    pub memories_received: Counter,
+    pub swarm_messages: Family<SwarmLabels, Counter>,
+    pub swarm_bytes: Family<SwarmLabels, Counter>,
+    pub swarm_refused: Counter,
+    pub swarm_peers: Gauge,
     pub quota_rejections: Counter,
     pub embedding_seconds: Histogram,
     pub memories: Gauge,
@@ -61,6 +74,11 @@ impl Metrics {
             searches: Family::default(),
             memories_written: Counter::default(),
             memories_deleted: Counter::default(),
+            memories_received: Counter::default(),
+            swarm_messages: Family::default(),
+            swarm_bytes: Family::default(),
+            swarm_refused: Counter::default(),
+            swarm_peers: Gauge::default(),
             quota_rejections: Counter::default(),
             embedding_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             memories: Gauge::default(),
@@ -99,6 +117,27 @@ impl Metrics {
                 "Memories deleted (tombstoned)",
                 m.memories_deleted.clone(),
             );
+            r.register(
+                "memories_received",
+                "Memories received from peers and stored",
+                m.memories_received.clone(),
+            );
+            r.register(
+                "swarm_messages",
+                "Sync messages to and from peers by kind",
+                m.swarm_messages.clone(),
+            );
+            r.register(
+                "swarm_bytes",
+                "Sync message bytes to and from peers by kind",
+                m.swarm_bytes.clone(),
+            );
+            r.register(
+                "swarm_refused_messages",
+                "Messages from peers refused (malformed, forged or oversize)",
+                m.swarm_refused.clone(),
+            );
+            r.register("swarm_peers", "Connected swarm peers", m.swarm_peers.clone());
             r.register(
                 "quota_rejections",
                 "Writes refused by the disk quota",

@@ -2,11 +2,14 @@
 //! to the agent's own sled database. Every memory the agent stores exists here as a record
 //! signed by its author; the store and the engine move together in one transaction.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicBool, Ordering},
+};
 
 use murmur_sync::{
-    AuthorKey, Config as SyncConfig, Engine, MemoryDraft, MemoryId, MemoryRecord, Persist, RecordLimits,
-    SigningKey, Tombstone, WriteError,
+    AuthorKey, Config as SyncConfig, Engine, Event, MemoryDraft, MemoryId, MemoryRecord, Persist,
+    RecordLimits, SigningKey, Tombstone, Transmit, WriteError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -82,6 +85,8 @@ pub struct Replica {
     engine: Mutex<Engine<PeerKey>>,
     config: SyncConfig,
     key: SigningKey,
+    /// Whether a network driver takes what the engine wants to send; without one it is dropped.
+    networked: AtomicBool,
 }
 
 fn seed() -> u64 {
@@ -99,6 +104,7 @@ impl Replica {
             engine: Mutex::new(engine),
             config,
             key,
+            networked: AtomicBool::new(false),
         })
     }
 
@@ -129,7 +135,7 @@ impl Replica {
     pub fn write(&self, drafts: &[MemoryDraft]) -> Result<(Vec<MemoryRecord>, Vec<Persist>)> {
         let mut engine = self.lock();
         let records = engine.write(now_ms(), drafts).map_err(write_error)?;
-        let persists = drain(&mut engine);
+        let persists = self.drain_local(&mut engine);
         Ok((records, persists))
     }
 
@@ -138,8 +144,58 @@ impl Replica {
         let tombstone = engine
             .delete(now_ms(), &MemoryId(id.into_bytes()))
             .map_err(write_error)?;
-        let persists = drain(&mut engine);
+        let persists = self.drain_local(&mut engine);
         Ok((tombstone, persists))
+    }
+
+    /// After a local write: what to persist. Its events are dropped (the agent applies its own
+    /// writes directly); its messages stay queued for the driver, which sends them only after
+    /// the caller stored the persists, or are dropped when no driver runs.
+    fn drain_local(&self, engine: &mut Engine<PeerKey>) -> Vec<Persist> {
+        let mut persists = Vec::new();
+        while let Some(p) = engine.poll_persist() {
+            persists.push(p);
+        }
+        while engine.poll_event().is_some() {}
+        if !self.networked.load(Ordering::Acquire) {
+            while engine.poll_transmit().is_some() {}
+        }
+        persists
+    }
+
+    pub fn set_networked(&self, networked: bool) {
+        self.networked.store(networked, Ordering::Release);
+    }
+
+    /// What the engine accepted from peers: events to apply and changes to persist with them.
+    pub fn take_received(&self) -> (Vec<Event>, Vec<Persist>) {
+        let mut engine = self.lock();
+        let mut events = Vec::new();
+        while let Some(e) = engine.poll_event() {
+            events.push(e);
+        }
+        let mut persists = Vec::new();
+        while let Some(p) = engine.poll_persist() {
+            persists.push(p);
+        }
+        (events, persists)
+    }
+
+    pub fn take_transmits(&self) -> Vec<Transmit<PeerKey>> {
+        let mut engine = self.lock();
+        let mut out = Vec::new();
+        while let Some(t) = engine.poll_transmit() {
+            out.push(t);
+        }
+        out
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
+    pub fn sync_config(&self) -> &SyncConfig {
+        &self.config
     }
 
     pub fn visible_count(&self) -> usize {
@@ -154,21 +210,18 @@ impl Replica {
             changes: engine.change_count(),
             visible: engine.visible_count(),
             pending_changes: engine.pending_changes(),
+            peers: engine
+                .peers()
+                .map(|(key, status)| PeerSummary {
+                    author: hex::encode(key),
+                    connected_at_ms: status.connected_at_ms,
+                    last_heard_ms: status.last_heard_ms,
+                    last_in_sync_ms: status.last_in_sync_ms,
+                    refused_messages: status.rejected_messages,
+                })
+                .collect(),
         }
     }
-}
-
-/// Takes what the engine wants persisted. Until a network driver exists, what it would send
-/// and its events about this agent's own writes are dropped here: the agent applies its own
-/// writes directly.
-fn drain(engine: &mut Engine<PeerKey>) -> Vec<Persist> {
-    let mut persists = Vec::new();
-    while let Some(p) = engine.poll_persist() {
-        persists.push(p);
-    }
-    while engine.poll_event().is_some() {}
-    while engine.poll_transmit().is_some() {}
-    persists
 }
 
 fn write_error(error: WriteError) -> AgentError {
@@ -193,6 +246,17 @@ pub struct SyncStatus {
     pub changes: usize,
     pub visible: usize,
     pub pending_changes: usize,
+    /// Connected peers and how recently each was in sync with this agent (its sync lag).
+    pub peers: Vec<PeerSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSummary {
+    pub author: String,
+    pub connected_at_ms: u64,
+    pub last_heard_ms: Option<u64>,
+    pub last_in_sync_ms: Option<u64>,
+    pub refused_messages: u64,
 }
 
 /// What the agent stores for a record: the same memory, with a local index label.

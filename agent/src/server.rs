@@ -27,12 +27,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     std::fs::write(data_dir.join(ADDR_FILE), bound.to_string()).context("writing api.addr")?;
     tracing::info!(addr = %bound, data_dir = %data_dir.display(), author = %agent.author(), "agent listening");
 
+    let swarm_settings = agent.config().swarm.clone();
+    let swarm_task = if swarm_settings.enabled {
+        let (handle, task) = crate::swarm::start(agent.clone(), &swarm_settings)
+            .await
+            .context("starting the swarm")?;
+        agent.attach_swarm(handle);
+        Some(task)
+    } else {
+        None
+    };
     let saver = tokio::spawn(save_periodically(agent.clone(), save_every));
     axum::serve(listener, api::router(agent.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
     saver.abort();
+    if let Some(task) = swarm_task {
+        task.abort();
+        let _ = std::fs::remove_file(data_dir.join(crate::swarm::SWARM_ADDR_FILE));
+    }
     tracing::info!("shutting down: saving the index and flushing the database");
     agent.shutdown().await?;
     let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));

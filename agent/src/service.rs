@@ -97,6 +97,7 @@ pub struct Agent {
     embedder: Embedder,
     identity: Identity,
     replica: Replica,
+    swarm: std::sync::OnceLock<crate::swarm::SwarmHandle>,
     attrs: RwLock<Attrs>,
     /// Serialises writes so store generation, index and attrs move together.
     write_lock: tokio::sync::Mutex<()>,
@@ -223,6 +224,7 @@ impl Agent {
             embedder,
             identity,
             replica,
+            swarm: std::sync::OnceLock::new(),
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
             index_dirty: AtomicBool::new(false),
@@ -328,6 +330,7 @@ impl Agent {
             self.replica.reload(&self.store)?;
             return Err(e);
         }
+        self.wake_swarm();
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
         // Never hold the attrs lock while taking the index lock: a filtered search holds the
         // index lock and takes the attrs lock inside its predicate.
@@ -355,6 +358,100 @@ impl Agent {
         }
     }
 
+    /// Serialises everything that writes the store or releases the replica's messages, so a
+    /// message is never sent before what it announces is durable here.
+    pub async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().await
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub fn signing_key(&self) -> &murmur_sync::SigningKey {
+        self.identity.signing_key()
+    }
+
+    /// Connects the agent to its network driver, which it wakes after each durable write.
+    pub fn attach_swarm(&self, handle: crate::swarm::SwarmHandle) {
+        let _ = self.swarm.set(handle);
+    }
+
+    fn wake_swarm(&self) {
+        if let Some(handle) = self.swarm.get() {
+            handle.wake();
+        }
+    }
+
+    /// Stores and indexes what the replica accepted from a peer. The caller holds
+    /// [`Agent::write_guard`] and sends nothing the replica queued until this returns.
+    #[tracing::instrument(skip_all, fields(events = events.len(), changes = changes.len()))]
+    pub async fn apply_remote(
+        &self,
+        events: Vec<murmur_sync::Event>,
+        changes: Vec<murmur_sync::Persist>,
+    ) -> Result<()> {
+        let mut inserts = Vec::new();
+        let mut deletes = Vec::new();
+        for event in events {
+            match event {
+                murmur_sync::Event::MemoryAdded(record) => {
+                    inserts.push(replica::memory_from_record(&record, self.store.next_label()?));
+                }
+                murmur_sync::Event::MemoryDeleted {
+                    id, deleted_at_ms, ..
+                } => {
+                    let id = id.as_uuid();
+                    inserts.retain(|m: &Memory| m.id != id);
+                    deletes.push((id, deleted_at_ms));
+                }
+            }
+        }
+        if inserts.is_empty() && deletes.is_empty() && changes.is_empty() {
+            return Ok(());
+        }
+        let (removed, _generation) = match self.store.apply_remote(&inserts, &deletes, &changes).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.replica.reload(&self.store)?;
+                return Err(e);
+            }
+        };
+        let dimension = self.embedder.dimension();
+        let model_id = self.embedder.model_id();
+        for memory in &removed {
+            self.index.remove(memory.label)?;
+        }
+        let mut skipped = 0usize;
+        for memory in &inserts {
+            if memory.model_id == model_id && memory.vector.len() == dimension {
+                self.index.add(memory.label, &memory.vector)?;
+            } else {
+                skipped += 1;
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "memories from another model are stored but not searchable here"
+            );
+        }
+        {
+            let mut attrs = self.attrs_write();
+            for memory in &removed {
+                attrs.by_label.remove(&memory.label);
+            }
+            for memory in &inserts {
+                let entry = attrs.interner.attrs(memory);
+                attrs.by_label.insert(memory.label, entry);
+            }
+        }
+        self.index_dirty.store(true, Ordering::Release);
+        self.metrics.memories_received.inc_by(inserts.len() as u64);
+        self.refresh_gauges();
+        Ok(())
+    }
+
     #[tracing::instrument(skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         let _guard = self.write_lock.lock().await;
@@ -372,6 +469,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        self.wake_swarm();
         self.index.remove(memory.label)?;
         self.attrs_write().by_label.remove(&memory.label);
         self.index_dirty.store(true, Ordering::Release);

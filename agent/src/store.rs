@@ -151,6 +151,71 @@ impl Store {
         Ok(generation)
     }
 
+    /// Stores what arrived from peers: new memories, deletes (of memories held here or not yet
+    /// arrived) and the changes that carried them, in one durable transaction. Returns the
+    /// memories that were removed, so their index entries can go too.
+    pub async fn apply_remote(
+        &self,
+        inserts: &[Memory],
+        deletes: &[(Uuid, u64)],
+        changes: &[Persist],
+    ) -> Result<(Vec<Memory>, u64)> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = inserts
+            .iter()
+            .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
+            .collect();
+        let mut removed = Vec::new();
+        for (id, _) in deletes {
+            if let Lookup::Found(memory) = self.get(*id)? {
+                removed.push(memory);
+            }
+        }
+        let change_rows = self.change_rows(changes)?;
+        let generation = (
+            &self.memories,
+            &self.by_namespace,
+            &self.labels,
+            &self.tombstones,
+            &self.meta,
+            &self.sync_changes,
+        )
+            .transaction(
+                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
+                    for (memory, (key, value)) in inserts.iter().zip(&encoded) {
+                        tx_memories.insert(key.as_slice(), value.as_slice())?;
+                        tx_namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
+                        tx_labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+                    }
+                    for (id, deleted_at_ms) in deletes {
+                        let label = match removed.iter().find(|m| m.id == *id) {
+                            Some(memory) => {
+                                tx_memories.remove(id.as_bytes())?;
+                                tx_namespaces.remove(namespace_key(&memory.namespace, id))?;
+                                tx_labels.remove(&memory.label.to_be_bytes())?;
+                                memory.label
+                            }
+                            // The delete overtook the memory: nothing to remove, and it will
+                            // never be shown here.
+                            None => u64::MAX,
+                        };
+                        let tombstone = Tombstone {
+                            deleted_at_ms: *deleted_at_ms,
+                            label,
+                        };
+                        let bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
+                        tx_tombstones.insert(id.as_bytes(), bytes)?;
+                    }
+                    for (key, value) in &change_rows {
+                        tx_changes.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    bump_generation(tx_meta)
+                },
+            )
+            .map_err(flatten)?;
+        self.db.flush_async().await?;
+        Ok((removed, generation))
+    }
+
     /// Every persisted sync change, for rebuilding the engine at start.
     pub fn sync_changes(&self) -> Result<Vec<(u16, SignedChange)>> {
         self.sync_changes

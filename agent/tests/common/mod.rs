@@ -165,3 +165,57 @@ pub fn corpus() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Waits until `condition` holds, polling; panics with `what` after `seconds`.
+pub fn wait_until(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {seconds}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl AgentProcess {
+    /// An agent in a private swarm on loopback, dialling `bootstrap` at start.
+    pub fn start_in_swarm(data_dir: &Path, swarm_key: &str, bootstrap: &[String]) -> Self {
+        let mut args = vec![
+            "--swarm-listen".to_string(),
+            "/ip4/127.0.0.1/tcp/0".to_string(),
+            "--swarm-key".to_string(),
+            swarm_key.to_string(),
+            "--no-mdns".to_string(),
+        ];
+        for addr in bootstrap {
+            args.push("--swarm-bootstrap".into());
+            args.push(addr.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(data_dir, &args)
+    }
+
+    /// The multiaddr (with /p2p/) peers dial to reach this agent.
+    pub fn swarm_addr(&self) -> String {
+        let path = self.data_dir.join("swarm.addr");
+        let mut addr = String::new();
+        wait_until(30, "swarm.addr", || {
+            addr = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            !addr.is_empty()
+        });
+        addr
+    }
+
+    pub fn status_of(&self, id: &str) -> u16 {
+        self.client
+            .get(&format!("/v1/memories/{id}"))
+            .map(|r| r.status)
+            .unwrap_or(0)
+    }
+}
