@@ -38,7 +38,8 @@ use crate::{metrics::SwarmLabels, replica::PeerKey, service::Agent, time::now_ms
 
 /// Name of the file in the data dir that lists the addresses peers can dial (with `/p2p/`).
 pub const SWARM_ADDR_FILE: &str = "swarm.addr";
-const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/sync/1");
+/// The request-response protocol anti-entropy messages travel on.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/sync/1");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,7 +102,7 @@ impl SwarmSettings {
         Ok(())
     }
 
-    fn psk(&self) -> anyhow::Result<Option<PreSharedKey>> {
+    pub fn psk(&self) -> anyhow::Result<Option<PreSharedKey>> {
         let Some(hex_key) = &self.swarm_key else {
             return Ok(None);
         };
@@ -124,7 +125,7 @@ struct Behaviour {
 
 /// Length-prefixed raw bytes; the engine's own decoder checks everything inside.
 #[derive(Clone, Default)]
-struct SyncCodec;
+pub struct SyncCodec;
 
 async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -185,6 +186,26 @@ impl request_response::Codec for SyncCodec {
     ) -> io::Result<()> {
         write_frame(io, &res).await
     }
+}
+
+/// TCP wrapped in the swarm key's private-network layer, then noise and yamux: what every
+/// member of a private swarm speaks (public so tools and tests can join a swarm too).
+pub fn private_transport(
+    key: &Keypair,
+    psk: PreSharedKey,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let noise = noise::Config::new(key)?;
+    Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, libp2p::core::muxing::StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 /// The engine names peers by their ed25519 key; libp2p by a peer id derived from it.
@@ -283,15 +304,7 @@ pub async fn start(
     let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
     let mut swarm = match psk {
         Some(psk) => builder
-            .with_other_transport(move |key| {
-                let noise = noise::Config::new(key)?;
-                Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(20)))
-            })?
+            .with_other_transport(move |key| private_transport(key, psk))?
             .with_behaviour(|key| behaviour(key).map_err(|e| e.into_boxed_dyn_error()))?
             .with_swarm_config(swarm_config)
             .build(),

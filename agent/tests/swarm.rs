@@ -115,3 +115,163 @@ fn an_agent_without_the_swarm_key_learns_nothing_and_leaks_nothing() {
     assert_eq!(a_peers.as_array().unwrap().len(), 1, "{a_peers:#}");
     assert_eq!(a_peers[0]["author"], b.stats()["author"]);
 }
+
+fn digests(agents: &[&AgentProcess]) -> Vec<serde_json::Value> {
+    agents
+        .iter()
+        .map(|a| a.stats()["sync"]["root_digest"].clone())
+        .collect()
+}
+
+#[test]
+fn two_partitions_write_then_heal_and_converge() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Two halves that do not know each other: a partition from the start.
+    let a = AgentProcess::start_in_swarm(dirs[0].path(), KEY, &[]);
+    let b = AgentProcess::start_in_swarm(dirs[1].path(), KEY, &[a.swarm_addr()]);
+    let c = AgentProcess::start_in_swarm(dirs[2].path(), KEY, &[]);
+    let d = AgentProcess::start_in_swarm(dirs[3].path(), KEY, &[c.swarm_addr()]);
+
+    let left = a.add(json!({ "text": "Conveyor belt 3 is making a grinding noise." }));
+    b.add(json!({ "text": "Dock door 5 sensor reports open while closed." }));
+    let right = c.add(json!({ "text": "The boiler pressure dropped below 1.2 bar." }));
+    let right_deleted = d.add(json!({ "text": "Temporary note to be removed." }));
+    assert_eq!(
+        d.client
+            .delete(&format!("/v1/memories/{right_deleted}"))
+            .unwrap()
+            .status,
+        204
+    );
+    wait_until(90, "each half to converge on its own", || {
+        a.stats()["sync"]["visible"] == 2 && c.stats()["sync"]["visible"] == 1 && b.status_of(&left) == 200
+    });
+    assert_ne!(a.stats()["sync"]["root_digest"], c.stats()["sync"]["root_digest"]);
+    assert_eq!(a.status_of(&right), 404);
+
+    // Heal: d restarts (same data) knowing a peer on each side.
+    let d_dir = d.data_dir.clone();
+    d.stop();
+    let d = AgentProcess::start_in_swarm(&d_dir, KEY, &[c.swarm_addr(), a.swarm_addr()]);
+    let all = [&a, &b, &c, &d];
+    wait_until(120, "all four to converge after the heal", || {
+        let ds = digests(&all);
+        ds.iter().all(|x| *x == ds[0]) && a.stats()["sync"]["visible"] == 3
+    });
+    for agent in all {
+        assert_eq!(agent.status_of(&left), 200);
+        assert_eq!(agent.status_of(&right), 200);
+        assert_eq!(agent.status_of(&right_deleted), 410);
+        assert!(
+            agent
+                .search_ids("is the boiler pressure low?", 1)
+                .contains(&right)
+        );
+    }
+}
+
+#[test]
+fn a_late_joiner_catches_up_with_thousands_of_memories() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = AgentProcess::start_in_swarm(dirs[0].path(), KEY, &[]);
+    let b = AgentProcess::start_in_swarm(dirs[1].path(), KEY, &[a.swarm_addr()]);
+    // Vectors given, so the test spends its time on sync rather than on embedding.
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % 2000) as f32 / 1000.0 - 1.0
+    };
+    let memories: Vec<_> = (0..3000)
+        .map(|i| {
+            let vector: Vec<f32> = (0..384).map(|_| next()).collect();
+            json!({ "text": format!("reading {i} from line sensor {}", i % 17), "vector": vector })
+        })
+        .collect();
+    let (first, second) = memories.split_at(1500);
+    a.add_all(first, 100);
+    b.add_all(second, 100);
+    wait_until(120, "a and b to share 3000 memories", || {
+        a.stats()["sync"]["visible"] == 3000 && b.stats()["sync"]["visible"] == 3000
+    });
+    let late = AgentProcess::start_in_swarm(dirs[2].path(), KEY, &[b.swarm_addr()]);
+    wait_until(180, "the late joiner to catch up", || {
+        let ds = digests(&[&a, &late]);
+        ds[0] == ds[1]
+    });
+    let stats = late.stats();
+    assert_eq!(stats["memories"], 3000);
+    assert_eq!(stats["index_size"], 3000, "everything received is searchable");
+}
+
+#[test]
+fn a_member_sending_garbage_is_disconnected_and_the_others_keep_working() {
+    use futures::StreamExt;
+    use libp2p::{Multiaddr, request_response, swarm::SwarmEvent};
+    use murmur_agent::swarm::{SYNC_PROTOCOL, SwarmSettings, SyncCodec, private_transport};
+
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = AgentProcess::start_in_swarm(dirs[0].path(), KEY, &[]);
+    let b = AgentProcess::start_in_swarm(dirs[1].path(), KEY, &[a.swarm_addr()]);
+    let addr: Multiaddr = a.swarm_addr().parse().unwrap();
+    let settings = SwarmSettings {
+        swarm_key: Some(KEY.into()),
+        ..SwarmSettings::default()
+    };
+    let psk = settings.psk().unwrap().unwrap();
+
+    // A node that holds the swarm key (a compromised member) but speaks garbage.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let disconnected = runtime.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(move |key| private_transport(key, psk))
+            .unwrap()
+            .with_behaviour(|_| {
+                request_response::Behaviour::<SyncCodec>::new(
+                    [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                )
+            })
+            .unwrap()
+            .build();
+        swarm.dial(addr).unwrap();
+        let peer = loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
+                break peer_id;
+            }
+        };
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xff; 64],
+            vec![1, 5, 0, 0, 0x42, 0xde, 0xad], // a sync frame with a broken automerge message
+            vec![1, 1, 0, 0, 1],                // a push promising a change that is not there
+            vec![9, 9, 9],                      // an unknown wire version
+            vec![1, 2, 1, 0, 0, 0, 7, 0],       // a digest probe cut short
+        ];
+        for bytes in garbage {
+            swarm.behaviour_mut().send_request(&peer, bytes);
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } = swarm.select_next_some().await
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    });
+    assert!(disconnected, "the garbage-sending peer was not disconnected");
+    assert!(a.log().contains("disconnecting and blocking"), "{}", a.log());
+
+    // The honest peers are unharmed.
+    let id = a.add(json!({ "text": "Compressor 2 restarted after a power dip." }));
+    wait_until(90, "b to receive a's memory after the attack", || {
+        b.status_of(&id) == 200
+    });
+}
