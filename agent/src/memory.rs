@@ -93,20 +93,9 @@ pub fn validate_text(what: &str, text: &str, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// The swarm's namespace rule (murmur-sync's, so what this agent accepts every peer accepts).
 pub fn validate_namespace(namespace: &str) -> Result<()> {
-    let ok = !namespace.is_empty()
-        && namespace.len() <= 64
-        && namespace.as_bytes()[0].is_ascii_alphanumeric()
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::invalid(format!(
-            "namespace {namespace:?} is invalid: use 1-64 characters from A-Z a-z 0-9 _ - ., starting with a letter or digit"
-        )))
-    }
+    murmur_sync::validate_namespace(namespace).map_err(|e| AgentError::invalid(e.to_string()))
 }
 
 impl NewMemory {

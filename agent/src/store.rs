@@ -66,6 +66,28 @@ fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransact
     Ok(next)
 }
 
+type TxResult = Result<(), ConflictableTransactionError<AgentError>>;
+
+/// Puts one encoded memory and its namespace and label entries, inside a transaction.
+fn put_memory(
+    trees: (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    memory: &Memory,
+    (key, value): &(Vec<u8>, Vec<u8>),
+) -> TxResult {
+    let (memories, namespaces, labels) = trees;
+    memories.insert(key.as_slice(), value.as_slice())?;
+    namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
+    labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+    Ok(())
+}
+
+fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
+    for (key, value) in rows {
+        tree.insert(key.as_slice(), value.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -136,14 +158,10 @@ impl Store {
             &self.sync_changes,
         )
             .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
-                for (memory, (key, value)) in memories.iter().zip(&encoded) {
-                    tx_memories.insert(key.as_slice(), value.as_slice())?;
-                    tx_namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
-                    tx_labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+                for (memory, row) in memories.iter().zip(&encoded) {
+                    put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)?;
                 }
-                for (key, value) in &change_rows {
-                    tx_changes.insert(key.as_slice(), value.as_slice())?;
-                }
+                put_rows(tx_changes, &change_rows)?;
                 bump_generation(tx_meta)
             })
             .map_err(flatten)?;
@@ -181,10 +199,8 @@ impl Store {
         )
             .transaction(
                 |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
-                    for (memory, (key, value)) in inserts.iter().zip(&encoded) {
-                        tx_memories.insert(key.as_slice(), value.as_slice())?;
-                        tx_namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
-                        tx_labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+                    for (memory, row) in inserts.iter().zip(&encoded) {
+                        put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)?;
                     }
                     for (id, deleted_at_ms) in deletes {
                         let label = match removed.iter().find(|m| m.id == *id) {
@@ -205,9 +221,7 @@ impl Store {
                         let bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
                         tx_tombstones.insert(id.as_bytes(), bytes)?;
                     }
-                    for (key, value) in &change_rows {
-                        tx_changes.insert(key.as_slice(), value.as_slice())?;
-                    }
+                    put_rows(tx_changes, &change_rows)?;
                     bump_generation(tx_meta)
                 },
             )
@@ -268,9 +282,7 @@ impl Store {
                     tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
                     tx_labels.remove(&memory.label.to_be_bytes())?;
                     tx_tombstones.insert(id.as_bytes(), tombstone_bytes.as_slice())?;
-                    for (key, value) in &change_rows {
-                        tx_changes.insert(key.as_slice(), value.as_slice())?;
-                    }
+                    put_rows(tx_changes, &change_rows)?;
                     bump_generation(tx_meta)
                 },
             )
