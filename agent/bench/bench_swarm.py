@@ -58,6 +58,28 @@ def rss_mib(pid):
     return int(open(f"/proc/{pid}/statm").read().split()[1]) * PAGE / 2**20
 
 
+def wire_bytes_sent(agents):
+    """TCP payload bytes the agents' swarm sockets have sent (kernel counters, from `ss`):
+    everything on the wire between agents, relays and libp2p framing included, API traffic
+    excluded."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout.splitlines()
+    by_pid = {a["pid"]: a["api_port"] for a in agents}
+    total = 0
+    for head, detail in zip(out, out[1:]):
+        if "users:((" not in head:
+            continue
+        pid = next((int(p.split(",")[0]) for p in head.split("pid=")[1:]), None)
+        if pid not in by_pid:
+            continue
+        local_port = int(head.split()[3].rsplit(":", 1)[1])
+        if local_port == by_pid[pid]:
+            continue
+        for field in detail.split():
+            if field.startswith("bytes_sent:"):
+                total += int(field.split(":")[1])
+    return total
+
+
 def swarm_bytes_out(url):
     status, raw = http("GET", url + "/metrics")
     total = 0
@@ -108,7 +130,7 @@ def main():
             procs.append(p)
             url = "http://" + wait_file(os.path.join(d, "api.addr"))
             swarm = wait_file(os.path.join(d, "swarm.addr")).splitlines()[0]
-            agents.append({"pid": p.pid, "url": url, "swarm": swarm})
+            agents.append({"pid": p.pid, "url": url, "swarm": swarm, "api_port": int(url.rsplit(":", 1)[1])})
             print(f"started agent {i + 1}/{args.agents}", file=sys.stderr)
 
         rng = random.Random(7)
@@ -130,6 +152,7 @@ def main():
 
         idle_cpu, idle_rss = sample(agents, 10)
         bytes_before = sum(swarm_bytes_out(a["url"]) for a in agents)
+        wire_before = wire_bytes_sent(agents)
 
         # Ideal: half a loopback round trip (the shortest path between any two agents here).
         rtts = []
@@ -170,7 +193,11 @@ def main():
         load_cpu = [(cpu_seconds(a["pid"]) - s) / load_seconds * 100 for a, s in zip(agents, load_cpu_start)]
         load_rss = [rss_mib(a["pid"]) for a in agents]
         bytes_after = sum(swarm_bytes_out(a["url"]) for a in agents)
-        per_memory_per_peer = (bytes_after - bytes_before) / args.memories / (len(agents) - 1)
+        wire_after = wire_bytes_sent(agents)
+        peers = len(agents) - 1
+        per_memory_per_peer = (bytes_after - bytes_before) / args.memories / peers
+        wire_per_memory_per_peer = (wire_after - wire_before) / args.memories / peers
+        payload = 2 * 384 + len("load memory 50")
 
         p50, p95, mx = pct(latencies, 50), pct(latencies, 95), max(latencies)
         print(f"# swarm propagation: {args.agents} agents, {args.memories} memories at {args.rate}/s\n")
@@ -179,7 +206,8 @@ def main():
         print(f"| time until held by all peers, p50 | {p50:.1f} ms | {ideal_ms:.3f} ms | {p50 / ideal_ms:.0f} |")
         print(f"| time until held by all peers, p95 | {p95:.1f} ms | {ideal_ms:.3f} ms | {p95 / ideal_ms:.0f} |")
         print(f"| time until held by all peers, max | {mx:.1f} ms | {ideal_ms:.3f} ms | {mx / ideal_ms:.0f} |")
-        print(f"| bytes sent per memory per peer (all agents, all kinds) | {per_memory_per_peer:.0f} B | - | - |")
+        print(f"| bytes on the wire per memory per peer (TCP payload from all agents' swarm sockets) | {wire_per_memory_per_peer:.0f} B | raw payload {payload} B | {wire_per_memory_per_peer / payload:.2f} |")
+        print(f"| of which sync messages the engines sent (origin pushes + anti-entropy, no relays) | {per_memory_per_peer:.0f} B | - | - |")
         print(f"| CPU per agent idle, mean / max | {statistics.mean(idle_cpu):.2f}% / {max(idle_cpu):.2f}% of a core | - | - |")
         print(f"| CPU per agent under load, mean / max | {statistics.mean(load_cpu):.2f}% / {max(load_cpu):.2f}% of a core | - | - |")
         print(f"| RSS per agent idle, mean / max | {statistics.mean(idle_rss):.0f} / {max(idle_rss):.0f} MiB | - | - |")
