@@ -279,3 +279,41 @@ fn a_member_sending_garbage_is_disconnected_and_the_others_keep_working() {
         b.status_of(&id) == 200
     });
 }
+
+/// A stress case, run on demand (`cargo nextest run -p murmur-agent --run-ignored all -E
+/// 'test(bursts)'`): once in about five runs on a loaded 2-core machine, two agents bursting 1,500
+/// memories each at each other took over two minutes to converge. Kept out of CI until that is
+/// understood (see the issue notes: suspected anti-entropy rounds resetting busy conversations).
+#[test]
+#[ignore = "stress test with an open convergence-time problem; run on demand"]
+fn two_connected_agents_writing_bursts_at_once_converge() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = AgentProcess::start_in_swarm(dirs[0].path(), KEY, &[]);
+    let b = AgentProcess::start_in_swarm(dirs[1].path(), KEY, &[a.swarm_addr()]);
+    wait_until(60, "a and b to connect", || {
+        a.stats()["sync"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    });
+    let burst = |prefix: &str| -> Vec<serde_json::Value> {
+        (0..1500)
+            .map(|i| {
+                let vector: Vec<f32> = (0..384)
+                    .map(|d| (((i * 31 + d * 7) % 97) as f32 - 48.0) / 50.0)
+                    .collect();
+                json!({ "text": format!("{prefix} burst reading {i}"), "vector": vector })
+            })
+            .collect()
+    };
+    let (from_a, from_b) = (burst("north"), burst("south"));
+    std::thread::scope(|scope| {
+        scope.spawn(|| a.add_all(&from_a, 100));
+        scope.spawn(|| b.add_all(&from_b, 100));
+    });
+    wait_until(180, "both to hold all 3,000 memories", || {
+        let (sa, sb) = (a.stats(), b.stats());
+        sa["memories"] == 3000
+            && sb["memories"] == 3000
+            && sa["sync"]["root_digest"] == sb["sync"]["root_digest"]
+    });
+}
