@@ -23,13 +23,16 @@ pub struct Limits {
     pub max_batch: usize,
 }
 
+/// Defaults are what the swarm accepts from any member: an agent never writes what its peers
+/// would refuse.
 impl Default for Limits {
     fn default() -> Self {
+        let swarm = murmur_sync::RecordLimits::default();
         Self {
-            max_text_bytes: 8 * 1024,
-            max_metadata_bytes: 8 * 1024,
-            max_tags: 32,
-            max_tag_bytes: 64,
+            max_text_bytes: swarm.max_text_bytes,
+            max_metadata_bytes: swarm.max_metadata_bytes,
+            max_tags: swarm.max_tags,
+            max_tag_bytes: swarm.max_tag_bytes,
             max_batch: 256,
         }
     }

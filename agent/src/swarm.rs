@@ -524,10 +524,7 @@ impl Driver {
         let agent = self.agent.clone();
         let _guard = agent.write_guard().await;
         let result = agent.replica().lock().handle_incoming(now_ms(), &key, bytes);
-        let kind = bytes
-            .get(1)
-            .and_then(|k| murmur_sync::MessageKind::ALL.get(usize::from(*k).wrapping_sub(1)))
-            .map_or("unknown", |k| k.as_str());
+        let kind = murmur_sync::MessageKind::of_frame(bytes).map_or("unknown", |k| k.as_str());
         let labels = SwarmLabels {
             direction: "in",
             kind,

@@ -230,14 +230,6 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 5] = [
-        MessageKind::Push,
-        MessageKind::DigestProbe,
-        MessageKind::DigestReply,
-        MessageKind::InSync,
-        MessageKind::Sync,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             MessageKind::Push => "push",
@@ -245,6 +237,19 @@ impl MessageKind {
             MessageKind::DigestReply => "digest_reply",
             MessageKind::InSync => "in_sync",
             MessageKind::Sync => "sync",
+        }
+    }
+
+    /// The kind a frame claims to be, read from its header alone (for metrics on bytes that
+    /// may not decode). `None` for frames too short or of an unknown kind.
+    pub fn of_frame(bytes: &[u8]) -> Option<MessageKind> {
+        match *bytes.get(1)? {
+            KIND_PUSH => Some(MessageKind::Push),
+            KIND_DIGEST_PROBE => Some(MessageKind::DigestProbe),
+            KIND_DIGEST_REPLY => Some(MessageKind::DigestReply),
+            KIND_IN_SYNC => Some(MessageKind::InSync),
+            KIND_SYNC => Some(MessageKind::Sync),
+            _ => None,
         }
     }
 
@@ -298,6 +303,15 @@ mod tests {
             assert!(Message::decode(&longer, MAX_MESSAGE_BYTES).is_err());
             assert!(Message::decode(&bytes, bytes.len() - 1).is_err());
         }
+    }
+
+    #[test]
+    fn a_frame_names_its_kind() {
+        for message in samples() {
+            assert_eq!(MessageKind::of_frame(&message.encode()), Some(message.kind()));
+        }
+        assert_eq!(MessageKind::of_frame(&[1]), None);
+        assert_eq!(MessageKind::of_frame(&[1, 99]), None);
     }
 
     #[test]
