@@ -160,6 +160,11 @@ struct PeerState {
     status: PeerStatus,
     /// automerge sync state per shard, created when a shard is first synced with this peer.
     sync: BTreeMap<u16, sync::State>,
+    /// Until when a conversation with this peer counts as running: anti-entropy traffic either
+    /// way pushes it on. No new round is started with a peer while one runs, because a round
+    /// resets the per-shard sync state and a busy peer would be sent its in-flight changes
+    /// again (under a write burst that work piled up faster than it drained).
+    talking_until_ms: u64,
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -396,6 +401,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                     ..PeerStatus::default()
                 },
                 sync: BTreeMap::new(),
+                talking_until_ms: 0,
             },
         );
     }
@@ -432,6 +438,12 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         if !self.peers.contains_key(peer) {
             self.peer_connected(now_ms, peer.clone());
         }
+        if matches!(
+            kind,
+            MessageKind::DigestProbe | MessageKind::DigestReply | MessageKind::Sync
+        ) {
+            self.note_conversation(now_ms, peer);
+        }
         match message {
             Message::Push { shard, changes } => self.on_push(shard, changes)?,
             Message::DigestProbe { round, shards, root } => {
@@ -462,13 +474,17 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         let interval = self.config.anti_entropy_interval_ms;
         self.next_round_at_ms = now_ms + interval / 2 + self.rng.u64(0..=interval);
-        if self.peers.is_empty() {
+        let idle: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, state)| now_ms >= state.talking_until_ms)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        if idle.is_empty() {
             return;
         }
-        let pick = self.rng.usize(..self.peers.len());
-        let Some(peer) = self.peers.keys().nth(pick).cloned() else {
-            return;
-        };
+        let peer = idle[self.rng.usize(..idle.len())].clone();
+        self.note_conversation(now_ms, &peer);
         let round = self.next_round_id;
         self.next_round_id = self.next_round_id.wrapping_add(1);
         self.stats.rounds_started += 1;
@@ -667,10 +683,21 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.root.copy_from_slice(&hash[..16]);
     }
 
+    fn note_conversation(&mut self, now_ms: u64, peer: &P) {
+        // Two mean intervals: a slow peer (each message stored with an fsync) gets time to
+        // answer before the conversation is taken for lost.
+        let quiet_after = now_ms + 2 * self.config.anti_entropy_interval_ms;
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.talking_until_ms = state.talking_until_ms.max(quiet_after);
+        }
+    }
+
     fn mark_in_sync(&mut self, now_ms: u64, peer: &P) {
         self.stats.rounds_in_sync += 1;
         if let Some(state) = self.peers.get_mut(peer) {
             state.status.last_in_sync_ms = Some(now_ms);
+            // Nothing left to say: the next round with this peer may start on time.
+            state.talking_until_ms = now_ms;
         }
     }
 

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Faults, Net};
-use murmur_sync::{Config, Engine, MemoryId};
+use murmur_sync::{Config, Engine, MemoryId, MessageKind};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -197,4 +197,38 @@ fn a_late_joiner_with_nothing_catches_up() {
     net.groups = None;
     check_converged(&mut net, &written, &BTreeSet::new());
     assert_eq!(net.visible(4).len(), 200);
+}
+
+/// Anti-entropy over a slow link (each message takes longer than a round interval): a new
+/// round must not restart a conversation that is still running, or every restart sends the
+/// changes in flight again and the traffic multiplies.
+#[test]
+fn a_slow_conversation_is_not_restarted_by_new_rounds() {
+    let config = Config::default();
+    let faults = Faults {
+        min_delay_ms: 2_500,
+        max_delay_ms: 3_000,
+        ..Faults::default()
+    };
+    let mut net = Net::new(2, 5, config.clone(), faults);
+    net.groups = Some(vec![0, 1]);
+    let mut written = BTreeSet::new();
+    written.extend(net.write(0, 400));
+    written.extend(net.write(1, 400));
+    net.groups = None;
+    check_converged(&mut net, &written, &BTreeSet::new());
+    // What one replica had to learn from the other, as persisted change bytes.
+    let learned: u64 = net.replicas[0]
+        .persisted
+        .iter()
+        .map(|(_, c)| c.bytes.len() as u64 + 64)
+        .sum::<u64>()
+        / 2;
+    for replica in &net.replicas {
+        let sync_in = replica.engine.stats().bytes_in(MessageKind::Sync);
+        assert!(
+            sync_in < learned * 3 / 2,
+            "sync traffic in: {sync_in} bytes for about {learned} bytes of changes to learn"
+        );
+    }
 }
