@@ -59,6 +59,12 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Show the swarm: this agent's addresses and reachability, and each connected peer with its
+    /// addresses, round-trip time and sync lag.
+    Peers {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Bulk-import memories: one text per line, or JSON lines ({"text": .., "tags": ..}).
     Import {
         #[command(flatten)]
@@ -201,6 +207,11 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&reply)?);
             Ok(())
         }
+        Command::Peers { api } => {
+            let reply = Client::new(&api.url).get("/v1/stats")?.ok()?;
+            print!("{}", render_peers(&reply));
+            Ok(())
+        }
         Command::Import {
             api,
             file,
@@ -247,4 +258,89 @@ fn import(client: &Client, file: &PathBuf, namespace: Option<String>, batch: usi
     progress.finish();
     println!("imported {} memories", memories.len());
     Ok(())
+}
+
+/// The `peers` table: one line per connected peer, joined from the driver's view (addresses,
+/// rtt) and the replica's (sync lag, refusals) by the peer's key.
+fn render_peers(stats: &Value) -> String {
+    let mut out = String::new();
+    let Some(net) = stats.get("swarm").filter(|s| !s.is_null()) else {
+        return "the swarm is off on this agent\n".into();
+    };
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    out += &format!("peer id       {}\n", net["peer_id"].as_str().unwrap_or_default());
+    out += &format!("listening     {}\n", list(&net["listen_addresses"]));
+    out += &format!("external      {}\n", list(&net["external_addresses"]));
+    out += &format!(
+        "reachability  {}\n",
+        net["reachability"].as_str().unwrap_or_default()
+    );
+    out += &format!("relays        {}\n", list(&net["relay_reservations"]));
+    out += &format!(
+        "pending       {} changes waiting for their dependencies\n\n",
+        stats["sync"]["pending_changes"]
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let sync_peers = stats["sync"]["peers"].as_array().cloned().unwrap_or_default();
+    out += "PEER                                                   LINK     RTT      IN SYNC   REFUSED  ADDRESSES\n";
+    for (peer, link) in net["peers"].as_object().into_iter().flatten() {
+        let author = link["author"].as_str().unwrap_or_default();
+        let sync = sync_peers.iter().find(|p| p["author"].as_str() == Some(author));
+        let lag = sync
+            .and_then(|p| p["last_in_sync_ms"].as_u64())
+            .map_or("never".to_string(), |t| {
+                format!("{:.1}s ago", now.saturating_sub(t) as f64 / 1e3)
+            });
+        let rtt = link["rtt_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
+        let refused = sync.and_then(|p| p["refused_messages"].as_u64()).unwrap_or(0);
+        let kind = if link["relayed"].as_bool() == Some(true) {
+            "relayed"
+        } else {
+            "direct"
+        };
+        out += &format!(
+            "{peer:<54} {kind:<8} {rtt:<8} {lag:<9} {refused:<8} {}\n",
+            list(&link["addresses"])
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peers_table_joins_addresses_with_sync_lag() {
+        let stats = json!({
+            "sync": { "pending_changes": 3, "peers": [
+                { "author": "ab", "last_in_sync_ms": null, "refused_messages": 2 }
+            ]},
+            "swarm": {
+                "peer_id": "12D3Self", "listen_addresses": ["/ip4/127.0.0.1/tcp/1"],
+                "external_addresses": [], "reachability": "private", "relay_reservations": [],
+                "peers": { "12D3Other": { "author": "ab", "addresses": ["/ip4/10.0.0.2/tcp/9"],
+                    "relayed": true, "rtt_ms": 1.26 } }
+            }
+        });
+        let table = render_peers(&stats);
+        assert!(table.contains("reachability  private"), "{table}");
+        assert!(table.contains("3 changes waiting"), "{table}");
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("12D3Other"))
+            .expect("peer line");
+        for part in ["relayed", "1.3ms", "never", "2", "/ip4/10.0.0.2/tcp/9"] {
+            assert!(line.contains(part), "{line:?} lacks {part:?}");
+        }
+        assert!(render_peers(&json!({"sync": {}})).contains("swarm is off"));
+    }
 }

@@ -88,6 +88,9 @@ pub struct Stats {
     pub author: String,
     pub generation: u64,
     pub sync: SyncStatus,
+    /// The network as the swarm driver sees it (absent when the swarm is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<crate::swarm::NetworkView>,
 }
 
 pub struct Agent {
@@ -646,6 +649,7 @@ impl Agent {
             author: self.identity.public_hex(),
             generation: self.store.generation()?,
             sync: self.replica.status(),
+            swarm: self.swarm.get().map(crate::swarm::SwarmHandle::view),
         })
     }
 

@@ -9,29 +9,44 @@
 //! (pnet, a pre-shared key): a node without the key cannot complete a handshake, so it can
 //! neither read nor write. pnet does not cover QUIC, so a swarm key and QUIC exclude each
 //! other. `allow_peers` additionally limits the swarm to listed peer ids.
+//!
+//! NAT: every agent can reach peers through a relay (circuit relay v2 client) and upgrade such
+//! connections to direct ones (DCUtR); `relays` makes it hold reservations so others can reach
+//! it; `relay_server` makes it a relay; AutoNAT tells it whether it is publicly reachable.
+//! Relayed connections run over the relay's own connections, which are pnet-protected, so a
+//! relay never lets an outsider in.
+
+mod codec;
+mod settings;
+mod view;
+
+pub use codec::SyncCodec;
+pub use settings::{SwarmSettings, relay_peer};
+pub use view::{NetworkView, PeerLink};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, autonat,
     core::upgrade::Version,
-    gossipsub, identify,
+    dcutr, gossipsub, identify,
     identity::{self, Keypair},
-    kad, mdns, noise, ping,
+    kad, mdns,
+    multiaddr::Protocol,
+    noise, ping,
     pnet::{PnetConfig, PreSharedKey},
+    relay,
     request_response::{self, ProtocolSupport},
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
-use murmur_sync::{Destination, MAX_MESSAGE_BYTES};
-use serde::{Deserialize, Serialize};
+use murmur_sync::Destination;
 use tokio::sync::Notify;
 
 use crate::{metrics::SwarmLabels, replica::PeerKey, service::Agent, time::now_ms};
@@ -41,78 +56,6 @@ pub const SWARM_ADDR_FILE: &str = "swarm.addr";
 /// The request-response protocol anti-entropy messages travel on.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/sync/1");
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SwarmSettings {
-    /// Off until configured: an agent never joins a network it was not told to.
-    pub enabled: bool,
-    /// Multiaddrs to listen on.
-    pub listen: Vec<String>,
-    /// Multiaddrs (with `/p2p/<peer id>`) dialled at start and kept as Kademlia seeds.
-    pub bootstrap: Vec<String>,
-    /// LAN discovery by multicast DNS.
-    pub mdns: bool,
-    /// Kademlia for finding peers beyond the LAN.
-    pub kademlia: bool,
-    /// 64 hex digits: the swarm's pre-shared key (pnet). Recommended for any real swarm.
-    pub swarm_key: Option<String>,
-    /// Peer ids allowed to connect (empty: any holder of the swarm key).
-    pub allow_peers: Vec<String>,
-    /// Also listen and dial over QUIC (only without a swarm key).
-    pub quic: bool,
-    /// Refused messages from one peer before it is disconnected and blocked.
-    pub max_refusals: u32,
-}
-
-impl Default for SwarmSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
-            bootstrap: Vec::new(),
-            mdns: true,
-            kademlia: true,
-            swarm_key: None,
-            allow_peers: Vec::new(),
-            quic: false,
-            max_refusals: 5,
-        }
-    }
-}
-
-impl SwarmSettings {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !self.enabled {
-            return Ok(());
-        }
-        anyhow::ensure!(!self.listen.is_empty(), "swarm.listen is empty");
-        for addr in self.listen.iter().chain(&self.bootstrap) {
-            addr.parse::<Multiaddr>()
-                .with_context(|| format!("swarm address {addr:?} is not a multiaddr"))?;
-        }
-        self.psk()?;
-        anyhow::ensure!(
-            !(self.quic && self.swarm_key.is_some()),
-            "swarm.quic cannot be used with a swarm key: libp2p's private networks cover TCP only"
-        );
-        for peer in &self.allow_peers {
-            peer.parse::<PeerId>()
-                .with_context(|| format!("swarm.allow_peers: {peer:?} is not a peer id"))?;
-        }
-        Ok(())
-    }
-
-    pub fn psk(&self) -> anyhow::Result<Option<PreSharedKey>> {
-        let Some(hex_key) = &self.swarm_key else {
-            return Ok(None);
-        };
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(hex_key.trim(), &mut key)
-            .map_err(|_| anyhow::anyhow!("swarm.swarm_key must be 64 hex digits"))?;
-        Ok(Some(PreSharedKey::new(key)))
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
@@ -121,71 +64,10 @@ struct Behaviour {
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
-}
-
-/// Length-prefixed raw bytes; the engine's own decoder checks everything inside.
-#[derive(Clone, Default)]
-pub struct SyncCodec;
-
-async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.close().await
-}
-
-impl request_response::Codec for SyncCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
-    }
-
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
-    }
-
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        write_frame(io, &req).await
-    }
-
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()> {
-        write_frame(io, &res).await
-    }
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    autonat: Toggle<autonat::Behaviour>,
+    dcutr: Toggle<dcutr::Behaviour>,
 }
 
 /// TCP wrapped in the swarm key's private-network layer, then noise and yamux: what every
@@ -220,15 +102,21 @@ fn peer_id(key: &PeerKey) -> Option<PeerId> {
     Some(identity::PublicKey::from(public).to_peer_id())
 }
 
-/// Handle to a running driver: wakes it when local writes queued messages.
+/// Handle to a running driver: wakes it when local writes queued messages, and shows what it
+/// knows of the network.
 #[derive(Clone)]
 pub struct SwarmHandle {
     notify: Arc<Notify>,
+    view: Arc<Mutex<NetworkView>>,
 }
 
 impl SwarmHandle {
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    pub fn view(&self) -> NetworkView {
+        self.view.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
@@ -240,6 +128,12 @@ struct Driver {
     refusals: BTreeMap<PeerId, u32>,
     blocked: BTreeSet<PeerId>,
     max_refusals: u32,
+    view: Arc<Mutex<NetworkView>>,
+    relays: BTreeMap<PeerId, RelayListener>,
+    /// Peers found on the LAN (mDNS) and where, until they expire: redialled while not
+    /// connected, because mDNS announces a peer once and a first dial can fail (both sides
+    /// dialling at once, a peer still starting).
+    discovered: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
 }
 
 /// Starts the driver on the current tokio runtime; returns once it listens.
@@ -257,7 +151,7 @@ pub async fn start(
     // Peers of one swarm share shards and admins; the topic names the swarm by them.
     let topic = gossipsub::IdentTopic::new(format!("murmur/push/v1/{}", config.shards));
 
-    let behaviour = |key: &Keypair| -> anyhow::Result<Behaviour> {
+    let behaviour = |key: &Keypair, relay_client: relay::client::Behaviour| -> anyhow::Result<Behaviour> {
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
@@ -290,22 +184,53 @@ pub async fn start(
             let id = key.public().to_peer_id();
             kad::Behaviour::new(id, kad::store::MemoryStore::new(id))
         });
+        let id = key.public().to_peer_id();
+        let relay_server = settings.relay_server.then(|| {
+            let config = relay::Config {
+                max_circuit_duration: Duration::from_secs(settings.relay_max_circuit_secs),
+                max_circuit_bytes: settings.relay_max_circuit_bytes,
+                ..relay::Config::default()
+            };
+            relay::Behaviour::new(id, config)
+        });
+        let autonat = settings.autonat.then(|| {
+            autonat::Behaviour::new(
+                id,
+                autonat::Config {
+                    // Edge devices often sit on private LANs: accept their probes there too.
+                    only_global_ips: false,
+                    boot_delay: Duration::from_secs(5),
+                    retry_interval: Duration::from_secs(30),
+                    ..autonat::Config::default()
+                },
+            )
+        });
         Ok(Behaviour {
             gossipsub,
             sync,
-            identify: identify::Behaviour::new(identify::Config::new("/murmur/1".into(), key.public())),
+            identify: identify::Behaviour::new(
+                identify::Config::new("/murmur/1".into(), key.public())
+                    .with_agent_version(format!("murmur-agent/{}", env!("CARGO_PKG_VERSION"))),
+            ),
             ping: ping::Behaviour::default(),
             mdns: mdns.into(),
             kad: kad.into(),
+            relay_client,
+            relay_server: relay_server.into(),
+            autonat: autonat.into(),
+            dcutr: settings.hole_punching.then(|| dcutr::Behaviour::new(id)).into(),
         })
     };
 
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
+    let make =
+        |key: &Keypair, relay_client| behaviour(key, relay_client).map_err(|e| e.into_boxed_dyn_error());
     let mut swarm = match psk {
         Some(psk) => builder
             .with_other_transport(move |key| private_transport(key, psk))?
-            .with_behaviour(|key| behaviour(key).map_err(|e| e.into_boxed_dyn_error()))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(make)?
             .with_swarm_config(swarm_config)
             .build(),
         None if settings.quic => builder
@@ -315,7 +240,8 @@ pub async fn start(
                 yamux::Config::default,
             )?
             .with_quic()
-            .with_behaviour(|key| behaviour(key).map_err(|e| e.into_boxed_dyn_error()))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(make)?
             .with_swarm_config(swarm_config)
             .build(),
         None => builder
@@ -324,7 +250,8 @@ pub async fn start(
                 noise::Config::new,
                 yamux::Config::default,
             )?
-            .with_behaviour(|key| behaviour(key).map_err(|e| e.into_boxed_dyn_error()))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(make)?
             .with_swarm_config(swarm_config)
             .build(),
     };
@@ -332,24 +259,14 @@ pub async fn start(
     for addr in &settings.listen {
         swarm.listen_on(addr.parse()?)?;
     }
-    if settings.quic {
+    let quic_default = settings.quic && !settings.listen.iter().any(|a| settings::is_quic(a));
+    if quic_default {
         swarm.listen_on("/ip4/0.0.0.0/udp/0/quic-v1".parse()?)?;
-    }
-    for addr in &settings.bootstrap {
-        let addr: Multiaddr = addr.parse()?;
-        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last()
-            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
-        {
-            kad.add_address(&peer, addr.clone());
-        }
-        if let Err(error) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
-        }
     }
     // Wait for the listeners so the address file is complete.
     let mut addrs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while addrs.len() < settings.listen.len() + usize::from(settings.quic) {
+    while addrs.len() < settings.listen.len() + usize::from(quic_default) {
         match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             Ok(SwarmEvent::NewListenAddr { address, .. }) => addrs.push(address),
             Ok(_) => {}
@@ -360,12 +277,43 @@ pub async fn start(
     std::fs::write(agent.data_dir().join(SWARM_ADDR_FILE), lines.join("\n")).context("writing swarm.addr")?;
     tracing::info!(peer_id = %local, addrs = ?lines, private = settings.swarm_key.is_some(), "swarm listening");
 
+    let mut view = NetworkView {
+        peer_id: local.to_string(),
+        listen_addresses: addrs.iter().map(ToString::to_string).collect(),
+        reachability: "unknown".into(),
+        ..NetworkView::default()
+    };
+    for addr in &settings.external_addresses {
+        let addr: Multiaddr = addr.parse()?;
+        view.external_addresses.push(addr.to_string());
+        swarm.add_external_address(addr);
+    }
+    // Dial only now: the connections' events belong to the driver's loop.
+    for addr in &settings.bootstrap {
+        let addr: Multiaddr = addr.parse()?;
+        if let Some(Protocol::P2p(peer)) = addr.iter().last()
+            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
+        {
+            kad.add_address(&peer, addr.clone());
+        }
+        if let Err(error) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+        }
+    }
+    let mut relays = BTreeMap::new();
+    for relay in &settings.relays {
+        let (addr, peer) = relay_peer(relay)?;
+        relays.insert(peer, RelayListener { addr, listener: None });
+    }
+
     agent.replica().set_networked(true);
     let notify = Arc::new(Notify::new());
+    let view = Arc::new(Mutex::new(view));
     let handle = SwarmHandle {
         notify: notify.clone(),
+        view: view.clone(),
     };
-    let driver = Driver {
+    let mut driver = Driver {
         agent,
         swarm,
         topic,
@@ -377,18 +325,35 @@ pub async fn start(
         refusals: BTreeMap::new(),
         blocked: BTreeSet::new(),
         max_refusals: settings.max_refusals,
+        view,
+        relays,
+        discovered: BTreeMap::new(),
     };
+    driver.listen_via_relays();
     let task = tokio::spawn(driver.run(notify));
     Ok((handle, task))
 }
 
+/// A relay we want a reservation with, and the listener that holds it while it is open.
+struct RelayListener {
+    addr: Multiaddr,
+    listener: Option<libp2p::core::transport::ListenerId>,
+}
+
 impl Driver {
     async fn run(mut self, notify: Arc<Notify>) {
+        // On this beat a relay that refused or lost our reservation is asked again, and LAN
+        // peers found but not connected are dialled again.
+        let mut retry = tokio::time::interval(Duration::from_secs(5));
         loop {
             let wake_at = self.agent.replica().lock().poll_timeout();
             let sleep_ms = wake_at.saturating_sub(now_ms());
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event).await,
+                _ = retry.tick() => {
+                    self.listen_via_relays();
+                    self.redial_discovered();
+                }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                     let agent = self.agent.clone();
                     let _guard = agent.write_guard().await;
@@ -401,6 +366,46 @@ impl Driver {
                     self.flush_locked().await;
                 }
             }
+        }
+    }
+
+    fn listen_via_relays(&mut self) {
+        for (peer, relay) in &mut self.relays {
+            if relay.listener.is_some() {
+                continue;
+            }
+            let circuit = relay.addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(id) => {
+                    tracing::info!(relay = %peer, "asking the relay for a reservation");
+                    relay.listener = Some(id);
+                }
+                Err(error) => tracing::warn!(relay = %peer, %error, "cannot listen through the relay"),
+            }
+        }
+    }
+
+    fn redial_discovered(&mut self) {
+        let waiting: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .discovered
+            .iter()
+            .filter(|(peer, _)| !self.swarm.is_connected(peer) && self.allowed(peer))
+            .map(|(peer, addrs)| (*peer, addrs.iter().cloned().collect()))
+            .collect();
+        for (peer, addrs) in waiting {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, %error, "cannot dial a discovered peer");
+            }
+        }
+    }
+
+    fn with_view(&self, change: impl FnOnce(&mut NetworkView)) {
+        if let Ok(mut view) = self.view.lock() {
+            change(&mut view);
         }
     }
 
@@ -421,10 +426,14 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                let addr = endpoint.get_remote_address().clone();
+                let author = peer_key(&peer_id).map(hex::encode).unwrap_or_default();
+                let relayed = endpoint.is_relayed();
+                self.with_view(|v| v.connection_opened(&peer_id, author, &addr, relayed));
                 if num_established.get() == 1
                     && let Some(key) = peer_key(&peer_id)
                 {
-                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    tracing::info!(peer = %peer_id, %addr, relayed, "peer connected");
                     self.agent.replica().lock().peer_connected(now_ms(), key);
                     if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                         kad.add_address(&peer_id, endpoint.get_remote_address().clone());
@@ -438,8 +447,12 @@ impl Driver {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
+                let addr = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
+                self.with_view(|v| v.connection_closed(&peer_id, &addr, relayed, num_established));
                 if num_established == 0
                     && let Some(key) = peer_key(&peer_id)
                 {
@@ -487,10 +500,24 @@ impl Driver {
             })) => tracing::debug!(%peer, %error, "sync request failed"),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if self.allowed(&peer) && !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(addr);
+                    if self.allowed(&peer) {
+                        self.discovered.entry(peer).or_default().insert(addr);
                     }
                 }
+                self.redial_discovered();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (peer, addr) in gone {
+                    if let Some(addrs) = self.discovered.get_mut(&peer) {
+                        addrs.remove(&addr);
+                        if addrs.is_empty() {
+                            self.discovered.remove(&peer);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -498,10 +525,93 @@ impl Driver {
                 ..
             })) => {
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                    for addr in info.listen_addrs {
-                        kad.add_address(&peer_id, addr);
+                    for addr in &info.listen_addrs {
+                        kad.add_address(&peer_id, addr.clone());
                     }
                 }
+                self.with_view(|v| {
+                    if let Some(link) = v.peer_mut(&peer_id) {
+                        link.agent_version = Some(info.agent_version.clone());
+                    }
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.with_view(|v| {
+                if let Some(link) = v.peer_mut(&peer) {
+                    link.rtt_ms = Some(rtt.as_secs_f64() * 1e3);
+                }
+            }),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                if let relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } = &event
+                {
+                    if !renewal {
+                        tracing::info!(relay = %relay_peer_id, "reservation accepted: reachable through the relay");
+                    }
+                    let relay = relay_peer_id.to_string();
+                    self.with_view(|v| NetworkView::add_unique(&mut v.relay_reservations, relay));
+                } else {
+                    tracing::debug!(?event, "relay client");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => {
+                tracing::debug!(?event, "relay server");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection to a relayed peer")
+                }
+                Err(error) => {
+                    tracing::info!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed")
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
+                tracing::info!(status = ?new, "reachability (AutoNAT)");
+                let reachability = match &new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                };
+                self.with_view(|v| v.reachability = reachability.into());
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.with_view(|v| NetworkView::add_unique(&mut v.listen_addresses, address.to_string()));
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                self.with_view(|v| NetworkView::add_unique(&mut v.external_addresses, address.to_string()));
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                let address = address.to_string();
+                self.with_view(|v| v.external_addresses.retain(|a| *a != address));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                let mut lost = Vec::new();
+                for (peer, relay) in &mut self.relays {
+                    if relay.listener == Some(listener_id) {
+                        tracing::warn!(relay = %relay.addr, ?reason, "lost the relay reservation; will ask again");
+                        relay.listener = None;
+                        lost.push(peer.to_string());
+                    }
+                }
+                let gone: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                self.with_view(|v| {
+                    v.listen_addresses.retain(|a| !gone.contains(a));
+                    v.relay_reservations.retain(|r| !lost.contains(r));
+                });
             }
             SwarmEvent::IncomingConnectionError {
                 error,

@@ -19,6 +19,11 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::start_wrapped(data_dir, &[], "127.0.0.1:0", extra_args)
+    }
+
+    /// Started under `wrapper` (for example `ip netns exec NS`), its API on `api_addr`.
+    pub fn start_wrapped(data_dir: &Path, wrapper: &[&str], api_addr: &str, extra_args: &[&str]) -> Self {
         let addr_file = data_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file); // a killed agent leaves a stale one
         std::fs::create_dir_all(data_dir).expect("data dir");
@@ -27,8 +32,17 @@ impl AgentProcess {
             .append(true)
             .open(data_dir.join("agent.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_murmur-agent"))
-            .args(["run", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        let binary = env!("CARGO_BIN_EXE_murmur-agent");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .args(["run", "--api-addr", api_addr, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env("RUST_LOG", "info,ort=warn")
@@ -194,6 +208,38 @@ impl AgentProcess {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start(data_dir, &args)
+    }
+
+    /// An agent whose `[swarm]` (and anything else) comes from a TOML file written beside its
+    /// data.
+    pub fn start_with_config(data_dir: &Path, toml: &str) -> Self {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let config = data_dir.join("agent.toml");
+        std::fs::write(&config, toml).expect("config file");
+        let config = config.to_string_lossy().to_string();
+        Self::start(data_dir, &["--config", &config])
+    }
+
+    /// Every address in `swarm.addr`.
+    pub fn swarm_addrs(&self) -> Vec<String> {
+        self.swarm_addr();
+        std::fs::read_to_string(self.data_dir.join("swarm.addr"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The agent's libp2p peer id (the last part of its swarm addresses).
+    pub fn peer_id(&self) -> String {
+        let addr = self.swarm_addr();
+        addr.rsplit("/p2p/").next().unwrap_or_default().to_string()
+    }
+
+    /// The driver's view of one connected peer (`swarm.peers[peer_id]` of `/v1/stats`).
+    pub fn link_to(&self, peer_id: &str) -> Option<Value> {
+        let link = self.stats()["swarm"]["peers"][peer_id].clone();
+        (!link.is_null()).then_some(link)
     }
 
     /// The multiaddr (with /p2p/) peers dial to reach this agent.
