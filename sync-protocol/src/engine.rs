@@ -165,6 +165,9 @@ struct PeerState {
     /// resets the per-shard sync state and a busy peer would be sent its in-flight changes
     /// again (under a write burst that work piled up faster than it drained).
     talking_until_ms: u64,
+    /// Sync messages in a row from this peer that applied nothing. A conversation stuck in
+    /// such a loop stops counting as running, so the next round resets it.
+    fruitless_syncs: u32,
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -402,6 +405,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 },
                 sync: BTreeMap::new(),
                 talking_until_ms: 0,
+                fruitless_syncs: 0,
             },
         );
     }
@@ -438,10 +442,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         if !self.peers.contains_key(peer) {
             self.peer_connected(now_ms, peer.clone());
         }
-        if matches!(
-            kind,
-            MessageKind::DigestProbe | MessageKind::DigestReply | MessageKind::Sync
-        ) {
+        if matches!(kind, MessageKind::DigestProbe | MessageKind::DigestReply) {
             self.note_conversation(now_ms, peer);
         }
         match message {
@@ -457,7 +458,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 shard,
                 message,
                 signatures,
-            } => self.on_sync(peer, shard, &message, &signatures)?,
+            } => self.on_sync(now_ms, peer, shard, &message, &signatures)?,
         }
         self.stats.messages_in[kind.index()] += 1;
         self.stats.bytes_in[kind.index()] += bytes.len() as u64;
@@ -779,6 +780,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
 
     fn on_sync(
         &mut self,
+        now_ms: u64,
         peer: &P,
         shard: u16,
         bytes: &[u8],
@@ -797,6 +799,9 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 ),
             });
         }
+        if !self.peers.contains_key(peer) {
+            return Err(ProtocolError::Automerge("unknown peer".into()));
+        }
         let signed: Vec<SignedChange> = message
             .changes
             .iter()
@@ -807,28 +812,54 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             })
             .collect();
         let fresh = self.validate_all(index, &signed)?;
-        let (ready, _waiting) = self.shards[index].applicable(&fresh);
+        let (ready, waiting) = self.shards[index].applicable(&fresh);
         let accepted: Vec<ValidatedChange> = ready.into_iter().map(|i| fresh[i].clone()).collect();
-        // Only changes that passed the gate and can apply now reach automerge; the rest come
-        // again in a later round.
+        // Only changes that passed the gate and can apply now reach automerge. The others wait
+        // with the pending pushes (so they need not travel again), and a bloom filter false
+        // positive that hid their dependency is fixed by the next round.
+        for i in waiting {
+            let change = fresh[i].clone();
+            if !self
+                .pending
+                .iter()
+                .any(|(s, c)| *s == shard && c.hash() == change.hash())
+            {
+                self.pending.push_back((shard, change));
+            }
+        }
+        while self.pending.len() > self.config.max_pending_changes {
+            self.pending.pop_front();
+            self.stats.changes_dropped_pending += 1;
+        }
+        self.stats.changes_pending = self.pending.len() as u64;
         message.changes = ChunkList::from(
             accepted
                 .iter()
                 .map(|c| c.signed.bytes.clone())
                 .collect::<Vec<_>>(),
         );
-        let state = self
-            .peers
-            .get_mut(peer)
-            .map(|p| p.sync.entry(shard).or_default())
-            .ok_or_else(|| ProtocolError::Automerge("unknown peer".into()))?;
+        let Some(state) = self.peers.get_mut(peer) else {
+            return Err(ProtocolError::Automerge("unknown peer".into()));
+        };
+        let sync_state = state.sync.entry(shard).or_default();
         self.shards[index]
             .doc
-            .receive_sync_message(state, message)
+            .receive_sync_message(sync_state, message)
             .map_err(|e| ProtocolError::Automerge(e.to_string()))?;
         self.shards[index].record_applied(accepted.iter());
-        if !accepted.is_empty() {
+        let progress = !accepted.is_empty();
+        if progress {
             self.after_apply(index, &accepted);
+        }
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.fruitless_syncs = if progress { 0 } else { state.fruitless_syncs + 1 };
+        }
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.fruitless_syncs < FRUITLESS_SYNCS_BEFORE_STALE)
+        {
+            self.note_conversation(now_ms, peer);
         }
         self.sync_out(peer, shard);
         Ok(())
@@ -891,6 +922,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
     }
 }
+
+/// Sync messages in a row that apply nothing before a conversation no longer counts as
+/// running: exchanging heads and bloom filters takes two or three.
+const FRUITLESS_SYNCS_BEFORE_STALE: u32 = 4;
 
 /// Change chunks of one outgoing sync message, with their signatures.
 type SyncPart = (Vec<Vec<u8>>, Vec<[u8; 64]>);

@@ -253,7 +253,17 @@ impl MessageKind {
         }
     }
 
-    pub(crate) fn index(self) -> usize {
+    /// Every kind, in the order of [`MessageKind::index`].
+    pub const ALL: [MessageKind; 5] = [
+        MessageKind::Push,
+        MessageKind::DigestProbe,
+        MessageKind::DigestReply,
+        MessageKind::InSync,
+        MessageKind::Sync,
+    ];
+
+    /// A dense index (0-4), for per-kind counters kept in arrays.
+    pub fn index(self) -> usize {
         self as usize
     }
 }
