@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: ureq::Agent,

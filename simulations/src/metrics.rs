@@ -63,6 +63,8 @@ pub struct Final {
     pub traffic: Vec<NodeTraffic>,
     pub manager_traffic: Option<NodeTraffic>,
     pub links: usize,
+    /// Bytes the agents' engines accepted, by kind, all agents together.
+    pub engine_bytes_in: [u64; KINDS],
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +188,7 @@ impl Metrics {
         traffic: Vec<NodeTraffic>,
         manager_traffic: Option<NodeTraffic>,
         links: usize,
+        engine_bytes_in: [u64; KINDS],
     ) {
         self.final_state = Final {
             converged,
@@ -193,6 +196,7 @@ impl Metrics {
             traffic,
             manager_traffic,
             links,
+            engine_bytes_in,
         };
     }
 

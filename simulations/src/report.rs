@@ -39,9 +39,12 @@ impl Percentiles {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KindTraffic {
     pub kind: &'static str,
+    /// Sent on the wire (gossip fan-out and duplicates included).
     pub messages_per_agent: f64,
     pub bytes_per_agent: f64,
     pub bytes_total: u64,
+    /// Accepted by the engines once gossip dropped duplicates.
+    pub engine_bytes_in_per_agent: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -151,6 +154,7 @@ impl Report {
                     messages_per_agent: messages as f64 / agents,
                     bytes_per_agent: bytes as f64 / agents,
                     bytes_total: bytes,
+                    engine_bytes_in_per_agent: m.final_state.engine_bytes_in[i] as f64 / agents,
                 }
             })
             .collect();

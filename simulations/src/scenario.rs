@@ -42,6 +42,8 @@ pub struct Scenario {
     #[serde(default)]
     pub gossip: Gossip,
     #[serde(default)]
+    pub agent: AgentModel,
+    #[serde(default)]
     pub workload: Workload,
     #[serde(default)]
     pub partitions: Vec<Partition>,
@@ -229,11 +231,33 @@ fn standard_normal(rng: &mut fastrand::Rng) -> f64 {
 pub struct Gossip {
     /// Peers each agent eagerly forwards pushes to (gossipsub's mesh degree D).
     pub mesh_degree: u32,
+    /// The writer sends its own pushes to every linked peer, not only its mesh (gossipsub's
+    /// `flood_publish`, on in libp2p and so in the agent).
+    pub flood_publish: bool,
 }
 
 impl Default for Gossip {
     fn default() -> Self {
-        Self { mesh_degree: 6 }
+        Self {
+            mesh_degree: 6,
+            flood_publish: true,
+        }
+    }
+}
+
+/// How long an agent takes to handle one incoming message (verify, store with an fsync,
+/// index). Messages queue behind each other: a slow device falls behind under load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentModel {
+    pub processing_ms: Latency,
+}
+
+impl Default for AgentModel {
+    fn default() -> Self {
+        Self {
+            processing_ms: Latency::Constant { ms: 0.0 },
+        }
     }
 }
 
@@ -248,6 +272,8 @@ pub struct Workload {
     pub hot_agents: f64,
     pub hot_multiplier: f64,
     pub bursts: Vec<Burst>,
+    /// Writes by one agent at a fixed pace (for comparisons with real agents).
+    pub sequences: Vec<Sequence>,
 }
 
 impl Default for Workload {
@@ -258,6 +284,7 @@ impl Default for Workload {
             hot_agents: 0.0,
             hot_multiplier: 10.0,
             bursts: Vec::new(),
+            sequences: Vec::new(),
         }
     }
 }
@@ -269,6 +296,16 @@ pub struct Burst {
     pub at_s: u64,
     pub agents: u32,
     pub memories: u32,
+}
+
+/// From `start_s`, agent `agent` writes one memory every `interval_s`, `count` times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sequence {
+    pub agent: u32,
+    pub start_s: f64,
+    pub interval_s: f64,
+    pub count: u32,
 }
 
 /// A partition from `at_s` until `heal_s`: messages between groups are lost.
@@ -358,6 +395,10 @@ impl Scenario {
                 ));
             }
         }
+        self.agent
+            .processing_ms
+            .check()
+            .map_err(|e| format!("agent.processing_ms: {e}"))?;
         for (name, link) in &self.links {
             link.latency_ms
                 .check()
@@ -409,6 +450,16 @@ impl Scenario {
         for burst in &w.bursts {
             if burst.at_s > self.duration_s || burst.agents > self.agents || burst.memories > 10_000 {
                 return Err(format!("workload burst {burst:?} is outside the scenario"));
+            }
+        }
+        for q in &w.sequences {
+            let end = q.start_s + q.interval_s * f64::from(q.count);
+            if q.agent >= self.agents
+                || !at_least(q.start_s, 0.0)
+                || !at_least(q.interval_s, 0.0)
+                || end > self.duration_s as f64
+            {
+                return Err(format!("workload sequence {q:?} is outside the scenario"));
             }
         }
         for p in &self.partitions {

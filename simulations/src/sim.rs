@@ -29,6 +29,13 @@ pub enum SimError {
 }
 
 enum Event {
+    /// Bytes arrive at `to`; they are handled once `to` has handled what came before.
+    Arrive {
+        from: Node,
+        to: Node,
+        bytes: Rc<Vec<u8>>,
+        push_id: Option<u64>,
+    },
     Deliver {
         from: Node,
         to: Node,
@@ -100,6 +107,8 @@ struct NodeState {
     traffic: NodeTraffic,
     /// Memories this node wrote, by track index (deletes pick from them).
     written: Vec<usize>,
+    /// Until when it is busy handling earlier messages.
+    busy_until_us: u64,
 }
 
 pub struct Simulation {
@@ -186,6 +195,7 @@ impl Simulation {
                 seen_pushes: HashSet::default(),
                 traffic: NodeTraffic::default(),
                 written: Vec::new(),
+                busy_until_us: 0,
             });
         }
         let end_us = (scenario.duration_s + scenario.settle_s) * US_PER_S;
@@ -287,6 +297,19 @@ impl Simulation {
                 );
             }
         }
+        for q in &w.sequences {
+            for k in 0..q.count {
+                let at = (q.start_s + q.interval_s * f64::from(k)) * US_PER_S as f64;
+                self.schedule(
+                    at as u64,
+                    Event::Write {
+                        node: q.agent,
+                        count: 1,
+                        delete_after_us: None,
+                    },
+                );
+            }
+        }
         for (i, p) in s.partitions.iter().enumerate() {
             self.schedule(p.at_s * US_PER_S, Event::PartitionStart(i));
             self.schedule(p.heal_s * US_PER_S, Event::PartitionHeal);
@@ -345,6 +368,12 @@ impl Simulation {
 
     fn handle(&mut self, event: Event) -> Result<(), SimError> {
         match event {
+            Event::Arrive {
+                from,
+                to,
+                bytes,
+                push_id,
+            } => self.arrive(from, to, bytes, push_id),
             Event::Deliver {
                 from,
                 to,
@@ -425,7 +454,7 @@ impl Simulation {
             let latency_us = (link.latency_ms.sample_ms(&mut self.rng).max(0.0) * 1_000.0) as u64;
             self.schedule(
                 done + latency_us,
-                Event::Deliver {
+                Event::Arrive {
                     from,
                     to,
                     bytes: bytes.clone(),
@@ -435,21 +464,52 @@ impl Simulation {
         }
     }
 
-    fn deliver(&mut self, from: Node, to: Node, bytes: &Rc<Vec<u8>>, push_id: Option<u64>) {
-        let now_ms = self.now_us / US_PER_MS;
+    /// Bytes reach `to`. Gossip duplicates are dropped at once (as gossipsub does, before the
+    /// application sees them); anything else waits for `to` to finish what it is handling.
+    fn arrive(&mut self, from: Node, to: Node, bytes: Rc<Vec<u8>>, push_id: Option<u64>) {
+        let processing = self
+            .scenario
+            .agent
+            .processing_ms
+            .sample_ms(&mut self.rng)
+            .max(0.0);
         let state = &mut self.nodes[to as usize];
         if !state.alive {
             self.metrics.messages_unroutable += 1;
             return;
         }
-        let kind = MessageKind::of_frame(bytes).unwrap_or(MessageKind::Sync);
+        let kind = MessageKind::of_frame(&bytes).unwrap_or(MessageKind::Sync);
         state.traffic.received(kind, bytes.len());
         self.metrics.messages_delivered += 1;
         if let Some(id) = push_id
             && !state.seen_pushes.insert(id)
         {
-            // gossipsub drops a message id it has seen before handing it to the application.
             self.metrics.duplicate_pushes += 1;
+            return;
+        }
+        if processing == 0.0 {
+            self.deliver(from, to, &bytes, push_id);
+            return;
+        }
+        let done = state.busy_until_us.max(self.now_us) + (processing * 1_000.0) as u64;
+        state.busy_until_us = done;
+        self.schedule(
+            done,
+            Event::Deliver {
+                from,
+                to,
+                bytes,
+                push_id,
+            },
+        );
+    }
+
+    /// The engine at `to` handles the bytes.
+    fn deliver(&mut self, from: Node, to: Node, bytes: &Rc<Vec<u8>>, push_id: Option<u64>) {
+        let now_ms = self.now_us / US_PER_MS;
+        let state = &mut self.nodes[to as usize];
+        if !state.alive {
+            self.metrics.messages_unroutable += 1;
             return;
         }
         let accepted = state.engine.handle_incoming(now_ms, &from, bytes).is_ok();
@@ -524,7 +584,11 @@ impl Simulation {
                     let targets: Vec<Node> = if is_manager {
                         (0..self.agents).collect()
                     } else {
-                        let mut t = self.nodes[node as usize].mesh.clone();
+                        let mut t = if self.scenario.gossip.flood_publish {
+                            self.graph.neighbours(node).collect()
+                        } else {
+                            self.nodes[node as usize].mesh.clone()
+                        };
                         if let Some(manager) = self.manager.filter(|_| self.manager_online) {
                             t.push(manager);
                         }
@@ -816,12 +880,21 @@ impl Simulation {
             .map(|n| n.traffic.clone())
             .collect();
         let manager_traffic = self.manager.map(|m| self.nodes[m as usize].traffic.clone());
+        // What the engines themselves accepted, after gossip's deduplication: the quantity a
+        // real agent's `murmur_swarm_bytes_total{direction="in"}` counts.
+        let mut engine_bytes_in = [0u64; MessageKind::ALL.len()];
+        for node in &self.nodes[..self.agents as usize] {
+            for kind in MessageKind::ALL {
+                engine_bytes_in[kind.index()] += node.engine.stats().bytes_in(kind);
+            }
+        }
         self.metrics.finish(
             converged,
             engine_visible,
             traffic,
             manager_traffic,
             self.graph.edge_count(),
+            engine_bytes_in,
         );
     }
 }

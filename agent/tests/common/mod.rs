@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod delay_proxy;
+
 use murmur_agent::client::Client;
 use serde_json::{Value, json};
 
