@@ -65,6 +65,8 @@ pub struct Final {
     pub links: usize,
     /// Bytes the agents' engines accepted, by kind, all agents together.
     pub engine_bytes_in: [u64; KINDS],
+    /// Live agents whose final state is not the most common one.
+    pub lagging_agents: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -116,10 +118,7 @@ impl Metrics {
     pub fn agent_got(&mut self, id: &MemoryId, now_us: u64, live: u32) {
         if let Some(&i) = self.by_id.get(id) {
             let t = &mut self.tracks[i];
-            t.holders += 1;
-            if t.complete_us.is_none() && t.holders >= live {
-                t.complete_us = Some(now_us);
-            }
+            one_more_holder(&mut t.holders, &mut t.complete_us, now_us, live);
         }
     }
 
@@ -132,10 +131,7 @@ impl Metrics {
     pub fn agent_deleted(&mut self, id: &MemoryId, now_us: u64, live: u32) {
         if let Some(&i) = self.by_id.get(id) {
             let t = &mut self.tracks[i];
-            t.tomb_holders += 1;
-            if t.delete_complete_us.is_none() && t.tomb_holders >= live {
-                t.delete_complete_us = Some(now_us);
-            }
+            one_more_holder(&mut t.tomb_holders, &mut t.delete_complete_us, now_us, live);
         }
     }
 
@@ -197,6 +193,7 @@ impl Metrics {
             manager_traffic,
             links,
             engine_bytes_in,
+            lagging_agents: Vec::new(),
         };
     }
 
@@ -212,6 +209,14 @@ impl Metrics {
             *counts.entry(state).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+/// One more live agent holds a memory (or its delete); complete once all of them do.
+fn one_more_holder(holders: &mut u32, complete_us: &mut Option<u64>, now_us: u64, live: u32) {
+    *holders += 1;
+    if complete_us.is_none() && *holders >= live {
+        *complete_us = Some(now_us);
     }
 }
 

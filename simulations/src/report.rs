@@ -70,6 +70,9 @@ pub struct Report {
     pub converged: bool,
     pub memories: std::collections::BTreeMap<&'static str, u64>,
     pub visible_memories_at_end: usize,
+    /// Live agents not in the most common final state (the first 50), and how many in all.
+    pub lagging_agents: Vec<u32>,
+    pub lagging_agents_count: usize,
     /// From write until every live agent held it, in ms.
     pub convergence_ms: Option<Percentiles>,
     pub delete_convergence_ms: Option<Percentiles>,
@@ -174,6 +177,8 @@ impl Report {
             converged: m.final_state.converged,
             memories: m.memory_counts(),
             visible_memories_at_end: m.final_state.visible_memories,
+            lagging_agents: m.final_state.lagging_agents.iter().take(50).copied().collect(),
+            lagging_agents_count: m.final_state.lagging_agents.len(),
             convergence_ms: Percentiles::of(convergence),
             delete_convergence_ms: Percentiles::of(delete_convergence),
             manager_lag_ms: Percentiles::of(manager_lag),
@@ -269,6 +274,19 @@ impl Report {
             },
             self.visible_memories_at_end
         );
+        if self.lagging_agents_count > 0 {
+            let _ = writeln!(
+                s,
+                "{} agents ended in a state other than the most common one: {:?}{}.\n",
+                self.lagging_agents_count,
+                self.lagging_agents,
+                if self.lagging_agents_count > self.lagging_agents.len() {
+                    " and more"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(s, "| measure | count | p50 | p95 | p99 | max |");
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for (name, p) in [

@@ -874,6 +874,19 @@ impl Simulation {
         if let Some(manager) = self.manager {
             converged &= Some(self.nodes[manager as usize].engine.root_digest()) == root;
         }
+        // The most common final state, and who does not hold it: the devices an operator would
+        // look at.
+        let mut by_state: BTreeMap<[u8; 16], u32> = BTreeMap::new();
+        for n in &live {
+            *by_state.entry(n.engine.root_digest()).or_insert(0) += 1;
+        }
+        let majority = by_state.iter().max_by_key(|(_, count)| **count).map(|(d, _)| *d);
+        let lagging: Vec<u32> = (0..self.agents)
+            .filter(|&a| {
+                let n = &self.nodes[a as usize];
+                n.alive && Some(n.engine.root_digest()) != majority
+            })
+            .collect();
         let engine_visible = live.first().map_or(0, |n| n.engine.visible_count());
         let traffic: Vec<NodeTraffic> = self.nodes[..self.agents as usize]
             .iter()
@@ -896,5 +909,6 @@ impl Simulation {
             self.graph.edge_count(),
             engine_bytes_in,
         );
+        self.metrics.final_state.lagging_agents = lagging;
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 use automerge::{
-    Change,
+    Change, ChangeHash,
     sync::{self, Capability, ChunkList, SyncDoc},
 };
 use ed25519_dalek::SigningKey;
@@ -168,6 +168,10 @@ struct PeerState {
     /// Sync messages in a row from this peer that applied nothing. A conversation stuck in
     /// such a loop stops counting as running, so the next round resets it.
     fruitless_syncs: u32,
+    /// Per shard: what changes this peer sent us depend on that we lack. The peer has them (it
+    /// has what depends on them), so we ask for them by hash. Without this, a bloom filter
+    /// false positive can hide a change for good: the round after has the same bloom filter.
+    wanted: BTreeMap<u16, BTreeSet<ChangeHash>>,
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -406,6 +410,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 sync: BTreeMap::new(),
                 talking_until_ms: 0,
                 fruitless_syncs: 0,
+                wanted: BTreeMap::new(),
             },
         );
     }
@@ -815,8 +820,19 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let (ready, waiting) = self.shards[index].applicable(&fresh);
         let accepted: Vec<ValidatedChange> = ready.into_iter().map(|i| fresh[i].clone()).collect();
         // Only changes that passed the gate and can apply now reach automerge. The others wait
-        // with the pending pushes (so they need not travel again), and a bloom filter false
-        // positive that hid their dependency is fixed by the next round.
+        // with the pending pushes (so they need not travel again), and what they depend on is
+        // asked for by hash in our next message to this peer.
+        let mut missing = BTreeSet::new();
+        for &i in &waiting {
+            for dep in fresh[i].change.deps() {
+                let held = self.shards[index].has_change(dep)
+                    || fresh.iter().any(|c| c.hash() == *dep)
+                    || self.pending.iter().any(|(s, c)| *s == shard && c.hash() == *dep);
+                if !held {
+                    missing.insert(*dep);
+                }
+            }
+        }
         for i in waiting {
             let change = fresh[i].clone();
             if !self
@@ -841,6 +857,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let Some(state) = self.peers.get_mut(peer) else {
             return Err(ProtocolError::Automerge("unknown peer".into()));
         };
+        state.wanted.entry(shard).or_default().extend(missing);
         let sync_state = state.sync.entry(shard).or_default();
         self.shards[index]
             .doc
@@ -875,6 +892,16 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let Some(mut message) = self.shards[index].doc.generate_sync_message(state) else {
             return;
         };
+        if let Some(wanted) = self.peers.get_mut(peer).and_then(|p| p.wanted.get_mut(&shard)) {
+            let held = &self.shards[index];
+            wanted.retain(|hash| !held.has_change(hash));
+            if !wanted.is_empty() {
+                message.need.extend(wanted.iter().copied());
+                // automerge's encoder insists on sorted hashes (and panics otherwise).
+                message.need.sort_unstable();
+                message.need.dedup();
+            }
+        }
         // Only plain change chunks are accepted by the gate, so never invite whole documents.
         message.supported_capabilities = Some(vec![Capability::MessageV1]);
         let chunks: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
