@@ -50,8 +50,8 @@ pub struct Sample {
     pub live_agents: u32,
     /// Distinct root digests among live agents: 1 means all hold the same state.
     pub distinct_states: u32,
-    /// Memories held, summed over live agents, over live agents times memories visible
-    /// somewhere: 1.0 when everyone holds everything.
+    /// Memories held, summed over live agents, over live agents times what the most complete
+    /// one holds: 1.0 when everyone holds as much as the best.
     pub coverage: f64,
 }
 
@@ -135,39 +135,54 @@ impl Metrics {
         }
     }
 
-    /// An agent went down holding `held`: it no longer counts, and memories every remaining
-    /// live agent holds are now complete.
-    pub fn agent_went_down(&mut self, held: &[MemoryId], now_us: u64, live: u32) {
+    /// Track indexes of the deletes `engine` knows of.
+    pub fn tombstones_held(&self, engine: &murmur_sync::Engine<u32>) -> Vec<usize> {
+        (0..self.tracks.len())
+            .filter(|&i| self.tracks[i].deleted_us.is_some() && engine.is_deleted(&self.tracks[i].id))
+            .collect()
+    }
+
+    /// An agent went down holding `held` memories and `tombstones` deletes: it no longer
+    /// counts, and what every remaining live agent holds is now complete.
+    pub fn agent_went_down(&mut self, held: &[MemoryId], tombstones: &[usize], now_us: u64, live: u32) {
         for id in held {
             if let Some(&i) = self.by_id.get(id) {
                 self.tracks[i].holders = self.tracks[i].holders.saturating_sub(1);
             }
         }
+        for &i in tombstones {
+            self.tracks[i].tomb_holders = self.tracks[i].tomb_holders.saturating_sub(1);
+        }
+        if live == 0 {
+            return;
+        }
         for t in &mut self.tracks {
-            if t.complete_us.is_none() && t.deleted_us.is_none() && t.holders >= live && live > 0 {
+            if t.complete_us.is_none() && t.deleted_us.is_none() && t.holders >= live {
                 t.complete_us = Some(now_us);
+            }
+            if t.deleted_us.is_some() && t.delete_complete_us.is_none() && t.tomb_holders >= live {
+                t.delete_complete_us = Some(now_us);
             }
         }
     }
 
-    pub fn agent_came_up(&mut self, held: &[MemoryId]) {
+    pub fn agent_came_up(&mut self, held: &[MemoryId], tombstones: &[usize]) {
         for id in held {
             if let Some(&i) = self.by_id.get(id) {
                 self.tracks[i].holders += 1;
             }
         }
+        for &i in tombstones {
+            self.tracks[i].tomb_holders += 1;
+        }
     }
 
-    pub fn sample(&mut self, now_us: u64, live: u32, distinct: u32, held: u64) {
-        let visible = self
-            .tracks
-            .iter()
-            .filter(|t| t.deleted_us.is_none() && t.holders > 0)
-            .count() as f64;
-        let coverage = if visible == 0.0 || live == 0 {
+    /// `held`: memories visible, summed over live agents; `most`: the most any one holds.
+    pub fn sample(&mut self, now_us: u64, live: u32, distinct: u32, held: u64, most: u64) {
+        let coverage = if most == 0 || live == 0 {
             1.0
         } else {
-            (held as f64 / (visible * f64::from(live))).min(1.0)
+            held as f64 / (most as f64 * f64::from(live))
         };
         self.samples.push(Sample {
             t_s: now_us as f64 / 1e6,
@@ -238,11 +253,11 @@ mod tests {
         m.agent_got(&id(1), 20, 3);
         assert_eq!(m.tracks[i].complete_us, None);
         // The third agent goes down without it: the two live ones hold it.
-        m.agent_went_down(&[], 30, 2);
+        m.agent_went_down(&[], &[], 30, 2);
         assert_eq!(m.tracks[i].complete_us, Some(30));
         let j = m.written(id(2), 1, 40, 2);
         m.agent_got(&id(2), 40, 2);
-        m.agent_went_down(&[id(2)], 50, 1);
+        m.agent_went_down(&[id(2)], &[], 50, 1);
         assert_eq!(m.tracks[j].complete_us, None, "the only holder went down");
         m.agent_got(&id(2), 60, 1);
         assert_eq!(m.tracks[j].complete_us, Some(60));

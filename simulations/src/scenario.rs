@@ -462,6 +462,11 @@ impl Scenario {
                 return Err(format!("workload sequence {q:?} is outside the scenario"));
             }
         }
+        let mut spans: Vec<(u64, u64)> = self.partitions.iter().map(|p| (p.at_s, p.heal_s)).collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+            return Err("partitions overlap: one must heal before the next starts".into());
+        }
         for p in &self.partitions {
             if p.heal_s <= p.at_s || p.heal_s > self.duration_s {
                 return Err(format!(
@@ -598,6 +603,13 @@ bandwidth_kbps = 1000
                 "heal_s",
             ),
             (format!("{MINIMAL}\nunknown = 1\n"), "unknown field"),
+            (
+                format!(
+                    "{MINIMAL}\n[[partitions]]\nat_s = 1\nheal_s = 5\nsplit = {{ kind = \"blocks\", groups = 2 }}\n\
+                     [[partitions]]\nat_s = 4\nheal_s = 8\nsplit = {{ kind = \"blocks\", groups = 2 }}\n"
+                ),
+                "overlap",
+            ),
             (
                 format!("{MINIMAL}\n[manager]\nuplink = \"sat\"\nonline_s = 1\noffline_s = 1\n"),
                 "manager.uplink",

@@ -402,7 +402,9 @@ impl Simulation {
             Event::Crash { node } => self.crash(node),
             Event::Restart { node, empty } => self.restart(node, empty)?,
             Event::Move => self.move_radio(),
-            Event::Uplink { online } => self.set_uplink(online),
+            // Once the workload is over the uplink stays on (set by `end_workload`).
+            Event::Uplink { online } if !self.workload_over => self.set_uplink(online),
+            Event::Uplink { .. } => {}
             Event::Sample => {
                 self.sample();
                 if !self.workload_over || self.now_us < self.end_us {
@@ -722,12 +724,14 @@ impl Simulation {
             self.disconnect(node, peer);
         }
         let held: Vec<MemoryId> = self.nodes[node as usize].engine.visible_ids().copied().collect();
+        let tombstones = self.metrics.tombstones_held(&self.nodes[node as usize].engine);
         let state = &mut self.nodes[node as usize];
         state.alive = false;
         state.timer_at_ms = None;
         self.live_agents -= 1;
         self.metrics.crashes += 1;
-        self.metrics.agent_went_down(&held, self.now_us, self.live_agents);
+        self.metrics
+            .agent_went_down(&held, &tombstones, self.now_us, self.live_agents);
     }
 
     fn restart(&mut self, node: Node, empty: bool) -> Result<(), SimError> {
@@ -759,7 +763,8 @@ impl Simulation {
         state.seen_pushes.clear();
         self.live_agents += 1;
         let held: Vec<MemoryId> = self.nodes[node as usize].engine.visible_ids().copied().collect();
-        self.metrics.agent_came_up(&held);
+        let tombstones = self.metrics.tombstones_held(&self.nodes[node as usize].engine);
+        self.metrics.agent_came_up(&held, &tombstones);
         for peer in self.alive_peers_of(node) {
             self.connect(node, peer);
         }
@@ -828,8 +833,9 @@ impl Simulation {
         if self.workload_over {
             return;
         }
-        let next = if online { m.online_s } else { m.offline_s };
-        if next > 0 {
+        // An uplink that is never off (offline_s = 0) is simply always on.
+        if m.offline_s > 0 {
+            let next = if online { m.online_s } else { m.offline_s };
             self.schedule(self.now_us + next * US_PER_S, Event::Uplink { online: !online });
         }
     }
@@ -853,14 +859,17 @@ impl Simulation {
     fn sample(&mut self) {
         let mut digests = BTreeMap::new();
         let mut held = 0u64;
+        let mut most = 0u64;
         for node in &self.nodes[..self.agents as usize] {
             if node.alive {
                 *digests.entry(node.engine.root_digest()).or_insert(0u32) += 1;
-                held += node.engine.visible_count() as u64;
+                let visible = node.engine.visible_count() as u64;
+                held += visible;
+                most = most.max(visible);
             }
         }
         self.metrics
-            .sample(self.now_us, self.live_agents, digests.len() as u32, held);
+            .sample(self.now_us, self.live_agents, digests.len() as u32, held, most);
     }
 
     fn finish(&mut self) {

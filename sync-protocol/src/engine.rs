@@ -172,6 +172,8 @@ struct PeerState {
     /// has what depends on them), so we ask for them by hash. Without this, a bloom filter
     /// false positive can hide a change for good: the round after has the same bloom filter.
     wanted: BTreeMap<u16, BTreeSet<ChangeHash>>,
+    /// The round of our last probe to this peer: only its `InSync` ends our conversation.
+    probe_round: Option<u32>,
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -411,6 +413,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 talking_until_ms: 0,
                 fruitless_syncs: 0,
                 wanted: BTreeMap::new(),
+                probe_round: None,
             },
         );
     }
@@ -447,9 +450,6 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         if !self.peers.contains_key(peer) {
             self.peer_connected(now_ms, peer.clone());
         }
-        if matches!(kind, MessageKind::DigestProbe | MessageKind::DigestReply) {
-            self.note_conversation(now_ms, peer);
-        }
         match message {
             Message::Push { shard, changes } => self.on_push(shard, changes)?,
             Message::DigestProbe { round, shards, root } => {
@@ -458,12 +458,24 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             Message::DigestReply { round, root, shards } => {
                 self.on_reply(now_ms, peer, round, root, shards)?
             }
-            Message::InSync { .. } => self.mark_in_sync(now_ms, peer),
+            Message::InSync { round } => {
+                // A late answer to an older probe must not end the current conversation.
+                if self.peers.get(peer).is_some_and(|p| p.probe_round == Some(round)) {
+                    self.mark_in_sync(now_ms, peer);
+                }
+            }
             Message::Sync {
                 shard,
                 message,
                 signatures,
             } => self.on_sync(now_ms, peer, shard, &message, &signatures)?,
+        }
+        if matches!(kind, MessageKind::DigestProbe | MessageKind::DigestReply) {
+            // A new round: whatever happened before, the conversation starts afresh.
+            if let Some(state) = self.peers.get_mut(peer) {
+                state.fruitless_syncs = 0;
+            }
+            self.note_conversation(now_ms, peer);
         }
         self.stats.messages_in[kind.index()] += 1;
         self.stats.bytes_in[kind.index()] += bytes.len() as u64;
@@ -493,6 +505,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.note_conversation(now_ms, &peer);
         let round = self.next_round_id;
         self.next_round_id = self.next_round_id.wrapping_add(1);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.probe_round = Some(round);
+            state.fruitless_syncs = 0;
+        }
         self.stats.rounds_started += 1;
         debug!(?peer, round, "anti-entropy round");
         self.send(
@@ -719,6 +735,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             let mut fresh = sync::State::new();
             fresh.shared_heads = shared;
             state.sync.insert(shard, fresh);
+            // Recomputed from what the peer sends in this round.
+            state.wanted.remove(&shard);
         }
     }
 
@@ -822,32 +840,24 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         // Only changes that passed the gate and can apply now reach automerge. The others wait
         // with the pending pushes (so they need not travel again), and what they depend on is
         // asked for by hash in our next message to this peer.
+        let arrived: BTreeSet<ChangeHash> = fresh.iter().map(ValidatedChange::hash).collect();
+        let mut waiting_here: BTreeSet<ChangeHash> = self
+            .pending
+            .iter()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, c)| c.hash())
+            .collect();
         let mut missing = BTreeSet::new();
         for &i in &waiting {
             for dep in fresh[i].change.deps() {
-                let held = self.shards[index].has_change(dep)
-                    || fresh.iter().any(|c| c.hash() == *dep)
-                    || self.pending.iter().any(|(s, c)| *s == shard && c.hash() == *dep);
-                if !held {
+                if !self.shards[index].has_change(dep)
+                    && !arrived.contains(dep)
+                    && !waiting_here.contains(dep)
+                {
                     missing.insert(*dep);
                 }
             }
         }
-        for i in waiting {
-            let change = fresh[i].clone();
-            if !self
-                .pending
-                .iter()
-                .any(|(s, c)| *s == shard && c.hash() == change.hash())
-            {
-                self.pending.push_back((shard, change));
-            }
-        }
-        while self.pending.len() > self.config.max_pending_changes {
-            self.pending.pop_front();
-            self.stats.changes_dropped_pending += 1;
-        }
-        self.stats.changes_pending = self.pending.len() as u64;
         message.changes = ChunkList::from(
             accepted
                 .iter()
@@ -857,19 +867,49 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let Some(state) = self.peers.get_mut(peer) else {
             return Err(ProtocolError::Automerge("unknown peer".into()));
         };
-        state.wanted.entry(shard).or_default().extend(missing);
         let sync_state = state.sync.entry(shard).or_default();
         self.shards[index]
             .doc
             .receive_sync_message(sync_state, message)
             .map_err(|e| ProtocolError::Automerge(e.to_string()))?;
+        // Accepted: from here on nothing fails, so the refusal contract holds.
+        if let Some(state) = self.peers.get_mut(peer) {
+            let wanted = state.wanted.entry(shard).or_default();
+            for hash in missing {
+                if wanted.len() >= MAX_WANTED_PER_SHARD {
+                    break;
+                }
+                wanted.insert(hash);
+            }
+        }
+        for i in waiting {
+            let change = fresh[i].clone();
+            if waiting_here.insert(change.hash()) {
+                self.pending.push_back((shard, change));
+            }
+        }
+        while self.pending.len() > self.config.max_pending_changes {
+            self.pending.pop_front();
+            self.stats.changes_dropped_pending += 1;
+        }
+        self.stats.changes_pending = self.pending.len() as u64;
         self.shards[index].record_applied(accepted.iter());
         let progress = !accepted.is_empty();
         if progress {
             self.after_apply(index, &accepted);
         }
         if let Some(state) = self.peers.get_mut(peer) {
-            state.fruitless_syncs = if progress { 0 } else { state.fruitless_syncs + 1 };
+            state.fruitless_syncs = if progress {
+                0
+            } else {
+                state.fruitless_syncs.saturating_add(1)
+            };
+        }
+        // Sending changes is progress too: the peer acknowledging them applies nothing.
+        if self.sync_out(peer, shard)
+            && let Some(state) = self.peers.get_mut(peer)
+        {
+            state.fruitless_syncs = 0;
         }
         if self
             .peers
@@ -878,19 +918,18 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         {
             self.note_conversation(now_ms, peer);
         }
-        self.sync_out(peer, shard);
         Ok(())
     }
 
     /// Sends what automerge's sync protocol says this peer needs for `shard`, split so that no
-    /// message exceeds the size limit.
-    fn sync_out(&mut self, peer: &P, shard: u16) {
+    /// message exceeds the size limit. Returns whether any change was sent.
+    fn sync_out(&mut self, peer: &P, shard: u16) -> bool {
         let index = shard as usize;
         let Some(state) = self.peers.get_mut(peer).map(|p| p.sync.entry(shard).or_default()) else {
-            return;
+            return false;
         };
         let Some(mut message) = self.shards[index].doc.generate_sync_message(state) else {
-            return;
+            return false;
         };
         if let Some(wanted) = self.peers.get_mut(peer).and_then(|p| p.wanted.get_mut(&shard)) {
             let held = &self.shards[index];
@@ -920,7 +959,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             }
         }
         // Each part carries the same heads, needs and bloom filter; only the changes are split.
-        let budget = self.config.max_message_bytes / 2;
+        let sent_changes = !kept.is_empty();
+        let budget = (self.config.max_message_bytes / 2)
+            .saturating_sub(32 * message.need.len())
+            .max(1);
         let mut parts: Vec<SyncPart> = vec![(Vec::new(), Vec::new())];
         let mut size = 0usize;
         for (chunk, signature) in kept.into_iter().zip(signatures) {
@@ -947,8 +989,13 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 },
             );
         }
+        sent_changes
     }
 }
+
+/// Dependencies asked for per peer and shard at most: a peer sending changes with made-up
+/// dependencies must not grow our state or our messages without bound.
+const MAX_WANTED_PER_SHARD: usize = 256;
 
 /// Sync messages in a row that apply nothing before a conversation no longer counts as
 /// running: exchanging heads and bloom filters takes two or three.
