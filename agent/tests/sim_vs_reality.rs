@@ -153,16 +153,17 @@ fn the_simulator_predicts_a_real_swarm_under_delay() {
                 .is_some_and(|p| p.len() == AGENTS - 1)
         });
     }
-    // Let gossipsub build its mesh (heartbeats) before anything is measured.
-    std::thread::sleep(Duration::from_secs(3));
-
+    // A warm-up memory that reaches everyone (gossipsub's mesh is built by then), then the
+    // calibration without delay.
+    measure(&agents, 1, Duration::from_millis(100), 50);
     let base = measure(&agents, 10, Duration::from_millis(300), 0);
     let processing_ms = percentile(&base, 0.5);
 
     for proxy in &proxies {
         proxy.set_delay(Duration::from_millis(u64::from(DELAY_MS)));
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // One memory through the delayed links before measuring, so nothing from before is in flight.
+    measure(&agents, 1, Duration::from_millis(100), 60);
     let pushes_before: Vec<f64> = agents.iter().map(push_bytes_in).collect();
     let real = measure(&agents, WRITES, Duration::from_millis(INTERVAL_MS), 100);
     wait_until(30, "the pushes to be counted", || {
