@@ -33,13 +33,13 @@ fn header(title: &str) -> String {
     s
 }
 
-/// A tidy upper bound for an axis: 1, 2 or 5 times a power of ten.
+/// A tidy upper bound for an axis: a round multiple of a power of ten, not far above `v`.
 fn nice_max(v: f64) -> f64 {
     if !(v.is_finite() && v > 0.0) {
         return 1.0;
     }
     let exp = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * exp)
         .find(|&c| c >= v)
@@ -127,13 +127,14 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(&str, &[(f64,
                 path.join(" ")
             );
         }
-        let ly = TOP + 14.0 + 16.0 * i as f64;
+        // The legend sits in the lower half, where the lines (shares near 1, or a CDF) are not.
+        let ly = H - BOTTOM - 16.0 * (series.len() - i) as f64;
         let _ = writeln!(
             s,
             r#"<rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
-            LEFT + 10.0,
+            W - RIGHT - 330.0,
             ly - 9.0,
-            LEFT + 26.0,
+            W - RIGHT - 314.0,
             ly,
             escape(name)
         );
@@ -212,7 +213,8 @@ mod tests {
         assert!(svg.contains("t &lt;1&gt;") && svg.contains("<polyline"));
         let svg = bars("b", "KiB", &[("push".into(), 3.0), ("sync".into(), 7.0)]);
         assert_eq!(svg.matches("<rect").count(), 3, "background and two bars");
-        assert_eq!(nice_max(7.0), 10.0);
-        assert_eq!(nice_max(0.3), 0.5);
+        assert_eq!(nice_max(7.0), 8.0);
+        assert_eq!(nice_max(235_288.0), 250_000.0);
+        assert!((nice_max(0.27) - 0.3).abs() < 1e-12);
     }
 }

@@ -437,7 +437,7 @@ fn timeline_svg(m: &Metrics) -> String {
         "simulated seconds",
         "share",
         &[
-            ("coverage (memories held / most held by one agent)", &coverage),
+            ("coverage: held / most held by one agent", &coverage),
             ("live agents (share of most)", &live),
             ("all live agents identical", &same),
         ],
