@@ -773,18 +773,12 @@ impl Simulation {
     }
 
     fn move_radio(&mut self) {
-        let Topology::Radio {
-            range_m,
-            move_interval_s,
-            ..
-        } = self.scenario.topology
-        else {
+        let Topology::Radio { move_interval_s, .. } = self.scenario.topology else {
             return;
         };
         let Some(radio) = self.radio.as_mut() else { return };
         radio.advance(move_interval_s as f64, &mut self.rng);
         let fresh = topology::build(&self.scenario.topology, self.agents, &mut self.rng, Some(radio));
-        let _ = range_m;
         for a in 0..self.agents {
             let before: Vec<Node> = self.graph.neighbours(a).filter(|&b| b > a).collect();
             let after: Vec<Node> = fresh.neighbours(a).filter(|&b| b > a).collect();

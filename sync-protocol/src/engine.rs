@@ -630,18 +630,30 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let (ready, waiting) = self.shards[index].applicable(&candidates);
         let ready_changes: Vec<ValidatedChange> = ready.iter().map(|&i| candidates[i].clone()).collect();
         self.apply_validated(index, &ready_changes)?;
-        for i in waiting {
-            if self.shards[index].has_change(&candidates[i].hash()) {
-                continue;
+        self.hold_pending(shard, waiting.into_iter().map(|i| candidates[i].clone()));
+        Ok(())
+    }
+
+    /// Keeps changes whose dependencies are missing, each once, in the bounded pending buffer
+    /// (the oldest are dropped first); they apply when what they need arrives.
+    fn hold_pending(&mut self, shard: u16, changes: impl IntoIterator<Item = ValidatedChange>) {
+        let mut held: BTreeSet<ChangeHash> = self
+            .pending
+            .iter()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, c)| c.hash())
+            .collect();
+        for change in changes {
+            let hash = change.hash();
+            if !self.shards[shard as usize].has_change(&hash) && held.insert(hash) {
+                self.pending.push_back((shard, change));
             }
-            self.pending.push_back((shard, candidates[i].clone()));
         }
         while self.pending.len() > self.config.max_pending_changes {
             self.pending.pop_front();
             self.stats.changes_dropped_pending += 1;
         }
         self.stats.changes_pending = self.pending.len() as u64;
-        Ok(())
     }
 
     fn apply_validated(&mut self, index: usize, changes: &[ValidatedChange]) -> Result<(), ProtocolError> {
@@ -822,9 +834,6 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 ),
             });
         }
-        if !self.peers.contains_key(peer) {
-            return Err(ProtocolError::Automerge("unknown peer".into()));
-        }
         let signed: Vec<SignedChange> = message
             .changes
             .iter()
@@ -841,7 +850,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         // with the pending pushes (so they need not travel again), and what they depend on is
         // asked for by hash in our next message to this peer.
         let arrived: BTreeSet<ChangeHash> = fresh.iter().map(ValidatedChange::hash).collect();
-        let mut waiting_here: BTreeSet<ChangeHash> = self
+        let waiting_here: BTreeSet<ChangeHash> = self
             .pending
             .iter()
             .filter(|(s, _)| *s == shard)
@@ -882,17 +891,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 wanted.insert(hash);
             }
         }
-        for i in waiting {
-            let change = fresh[i].clone();
-            if waiting_here.insert(change.hash()) {
-                self.pending.push_back((shard, change));
-            }
-        }
-        while self.pending.len() > self.config.max_pending_changes {
-            self.pending.pop_front();
-            self.stats.changes_dropped_pending += 1;
-        }
-        self.stats.changes_pending = self.pending.len() as u64;
+        self.hold_pending(shard, waiting.into_iter().map(|i| fresh[i].clone()));
         self.shards[index].record_applied(accepted.iter());
         let progress = !accepted.is_empty();
         if progress {
