@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub sync: crate::replica::SyncSettings,
     /// Peers: transports, discovery, the swarm key (off unless enabled).
     pub swarm: crate::swarm::SwarmSettings,
+    /// The swarm manager this agent uploads to over QUIC (off unless `address` is set).
+    pub manager: crate::uplink::UplinkSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -61,6 +63,7 @@ impl Default for AgentConfig {
             model: ModelSection::default(),
             sync: crate::replica::SyncSettings::default(),
             swarm: crate::swarm::SwarmSettings::default(),
+            manager: crate::uplink::UplinkSettings::default(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl AgentConfig {
         crate::replica::check_limits(&self.limits)?;
         self.sync.engine_config()?;
         self.swarm.validate()?;
+        self.manager.validate(self.swarm.swarm_key.is_some())?;
         Ok(())
     }
 }

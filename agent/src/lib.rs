@@ -18,6 +18,7 @@ pub mod service;
 pub mod store;
 pub mod swarm;
 pub mod time;
+pub mod uplink;
 
 pub use config::AgentConfig;
 pub use error::{AgentError, Result};

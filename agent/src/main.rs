@@ -104,6 +104,12 @@ struct RunArgs {
     /// No LAN discovery by multicast DNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Upload to the swarm manager at host:port (QUIC).
+    #[arg(long, env = "MURMUR_MANAGER")]
+    manager: Option<String>,
+    /// The manager's key, 64 hex digits (`murmur-manager key`): only that manager is trusted.
+    #[arg(long, env = "MURMUR_MANAGER_KEY")]
+    manager_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -148,6 +154,12 @@ fn main() -> Result<()> {
             }
             if args.no_mdns {
                 config.swarm.mdns = false;
+            }
+            if args.manager.is_some() {
+                config.manager.address = args.manager;
+            }
+            if args.manager_key.is_some() {
+                config.manager.key = args.manager_key;
             }
             if let Some(cache) = args.cache_dir {
                 config.model.cache_dir = Some(cache);

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub swarm_bytes: Family<SwarmLabels, Counter>,
     pub swarm_refused: Counter,
     pub swarm_peers: Gauge,
+    pub uplink_messages: Family<SwarmLabels, Counter>,
+    pub uplink_bytes: Family<SwarmLabels, Counter>,
     pub quota_rejections: Counter,
     pub embedding_seconds: Histogram,
     pub memories: Gauge,
@@ -79,6 +81,8 @@ impl Metrics {
             swarm_bytes: Family::default(),
             swarm_refused: Counter::default(),
             swarm_peers: Gauge::default(),
+            uplink_messages: Family::default(),
+            uplink_bytes: Family::default(),
             quota_rejections: Counter::default(),
             embedding_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             memories: Gauge::default(),
@@ -138,6 +142,16 @@ impl Metrics {
                 m.swarm_refused.clone(),
             );
             r.register("swarm_peers", "Connected swarm peers", m.swarm_peers.clone());
+            r.register(
+                "uplink_messages",
+                "Sync messages over the manager uplink, by direction and kind",
+                m.uplink_messages.clone(),
+            );
+            r.register(
+                "uplink_bytes",
+                "Sync message bytes over the manager uplink, by direction and kind",
+                m.uplink_bytes.clone(),
+            );
             r.register(
                 "quota_rejections",
                 "Writes refused by the disk quota",

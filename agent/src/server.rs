@@ -37,12 +37,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    let uplink_task = crate::uplink::start(agent.clone(), &agent.config().manager)
+        .context("starting the manager uplink")?;
     let saver = tokio::spawn(save_periodically(agent.clone(), save_every));
     axum::serve(listener, api::router(agent.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
     saver.abort();
+    if let Some(task) = uplink_task {
+        task.abort();
+    }
     if let Some(task) = swarm_task {
         task.abort();
         let _ = std::fs::remove_file(data_dir.join(crate::swarm::SWARM_ADDR_FILE));

@@ -101,6 +101,8 @@ pub struct Agent {
     identity: Identity,
     replica: Replica,
     swarm: std::sync::OnceLock<crate::swarm::SwarmHandle>,
+    uplink: std::sync::Mutex<Option<crate::uplink::UplinkSink>>,
+    uplink_notify: Arc<tokio::sync::Notify>,
     attrs: RwLock<Attrs>,
     /// Serialises writes so store generation, index and attrs move together.
     write_lock: tokio::sync::Mutex<()>,
@@ -141,7 +143,8 @@ impl Agent {
         let model = match &config.model.config {
             Some(path) => ModelConfig::from_toml_file(path)?,
             None => {
-                fetch_default_model_if_missing(&cache)?;
+                murmur_models::ensure_default_model(&cache)
+                    .with_context(|| format!("fetching the default model into {}", cache.root().display()))?;
                 ModelConfig::default_model(&cache)
             }
         };
@@ -228,6 +231,8 @@ impl Agent {
             identity,
             replica,
             swarm: std::sync::OnceLock::new(),
+            uplink: std::sync::Mutex::new(None),
+            uplink_notify: Arc::new(tokio::sync::Notify::new()),
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
             index_dirty: AtomicBool::new(false),
@@ -333,7 +338,7 @@ impl Agent {
             self.replica.reload(&self.store)?;
             return Err(e);
         }
-        self.wake_swarm();
+        self.wake_network();
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
         // Never hold the attrs lock while taking the index lock: a filtered search holds the
         // index lock and takes the attrs lock inside its predicate.
@@ -380,10 +385,77 @@ impl Agent {
         let _ = self.swarm.set(handle);
     }
 
-    fn wake_swarm(&self) {
-        if let Some(handle) = self.swarm.get() {
-            handle.wake();
+    /// Tells whichever driver sends the engine's messages that there are some: the swarm
+    /// driver when there is one (it also routes the manager's share), else the uplink.
+    fn wake_network(&self) {
+        match self.swarm.get() {
+            Some(handle) => handle.wake(),
+            None => self.uplink_notify.notify_one(),
         }
+    }
+
+    pub fn has_swarm(&self) -> bool {
+        self.swarm.get().is_some()
+    }
+
+    pub fn network_view(&self) -> Option<crate::swarm::NetworkView> {
+        self.swarm.get().map(crate::swarm::SwarmHandle::view)
+    }
+
+    pub fn attach_uplink(&self, sink: Option<crate::uplink::UplinkSink>) {
+        *self.uplink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
+    }
+
+    pub fn uplink_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.uplink_notify.clone()
+    }
+
+    /// Sends what the engine queued, after the uplink stored what it received: through the
+    /// swarm driver when there is one, or straight to the manager when the uplink is alone.
+    pub async fn flush_network(&self) {
+        if self.has_swarm() {
+            self.wake_network();
+            return;
+        }
+        let _guard = self.write_guard().await;
+        let transmits = self.replica.take_transmits();
+        // No libp2p peers exist without a swarm: what is not for the manager has no taker.
+        let _ = self.route_transmits(transmits);
+    }
+
+    /// Hands the manager its messages (pushes to all peers include it) and returns the rest,
+    /// for libp2p peers.
+    pub fn route_transmits(
+        &self,
+        transmits: Vec<murmur_sync::Transmit<crate::replica::PeerKey>>,
+    ) -> Vec<murmur_sync::Transmit<crate::replica::PeerKey>> {
+        let uplink = self.uplink.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sink) = uplink.as_ref() else {
+            return transmits;
+        };
+        let mut rest = Vec::with_capacity(transmits.len());
+        for transmit in transmits {
+            let to_manager = match &transmit.to {
+                murmur_sync::Destination::Peer(key) => *key == sink.manager,
+                murmur_sync::Destination::AllPeers => true,
+            };
+            if to_manager {
+                let labels = crate::metrics::SwarmLabels {
+                    direction: "out",
+                    kind: transmit.kind.as_str(),
+                };
+                self.metrics.uplink_messages.get_or_create(&labels).inc();
+                self.metrics
+                    .uplink_bytes
+                    .get_or_create(&labels)
+                    .inc_by(transmit.bytes.len() as u64);
+                let _ = sink.outbox.send(transmit.bytes.clone());
+            }
+            if !matches!(&transmit.to, murmur_sync::Destination::Peer(key) if *key == sink.manager) {
+                rest.push(transmit);
+            }
+        }
+        rest
     }
 
     /// Stores and indexes what the replica accepted from a peer. The caller holds
@@ -472,7 +544,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.wake_swarm();
+        self.wake_network();
         self.index.remove(memory.label)?;
         self.attrs_write().by_label.remove(&memory.label);
         self.index_dirty.store(true, Ordering::Release);
@@ -665,20 +737,4 @@ impl Agent {
     pub fn embedder_stats(&self) -> murmur_models::EmbedderStats {
         self.embedder.stats()
     }
-}
-
-/// A fresh device has no model yet: fetch the pinned default (verified, idempotent) so that
-/// `murmur-agent run` is the only command a user needs.
-fn fetch_default_model_if_missing(cache: &CacheDir) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use murmur_models::{artifacts, fetch::Fetcher};
-    let wanted = artifacts::default_artifacts();
-    if wanted.iter().all(|a| cache.join(a.dest).is_file()) {
-        return Ok(());
-    }
-    tracing::info!(cache = %cache.root().display(), "fetching the default embedding model and ONNX Runtime");
-    Fetcher::new(cache.clone())
-        .fetch_all(&wanted, |_| {})
-        .with_context(|| format!("fetching the default model into {}", cache.root().display()))?;
-    Ok(())
 }

@@ -44,3 +44,15 @@ pub fn load_default_embedder(cache: &CacheDir) -> Result<Embedder> {
         &EmbedderOptions::default(),
     )
 }
+
+/// Fetches the default model and ONNX Runtime into `cache` unless every file is already there
+/// (verified when it was fetched). For daemons that should start on a fresh machine.
+pub fn ensure_default_model(cache: &CacheDir) -> Result<()> {
+    let wanted = artifacts::default_artifacts();
+    if wanted.iter().all(|a| cache.join(a.dest).is_file()) {
+        return Ok(());
+    }
+    tracing::info!(cache = %cache.root().display(), "fetching the default embedding model and ONNX Runtime");
+    fetch::Fetcher::new(cache.clone()).fetch_all(&wanted, |_| {})?;
+    Ok(())
+}

@@ -485,6 +485,14 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         Ok(())
     }
 
+    /// Changes another replica persisted in storage this one shares (the managers' common
+    /// bucket): verified and applied as a push would be. What applies is reported as events
+    /// and handed to `poll_persist` like any other change; the driver can skip storing those
+    /// it read from storage.
+    pub fn apply_stored(&mut self, shard: u16, changes: Vec<SignedChange>) -> Result<(), ProtocolError> {
+        self.on_push(shard, changes)
+    }
+
     /// Runs what is due: an anti-entropy round with one random peer.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if now_ms < self.next_round_at_ms {
@@ -502,6 +510,16 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             return;
         }
         let peer = idle[self.rng.usize(..idle.len())].clone();
+        self.start_round(now_ms, peer);
+    }
+
+    /// Starts an anti-entropy round with `peer` now, whatever the timer says: for a driver
+    /// that knows this peer has been away (an uplink that just reconnected) and should catch
+    /// up at once rather than when the random pick lands on it.
+    pub fn start_round(&mut self, now_ms: u64, peer: P) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
         self.note_conversation(now_ms, &peer);
         let round = self.next_round_id;
         self.next_round_id = self.next_round_id.wrapping_add(1);

@@ -672,7 +672,7 @@ impl Driver {
             tracing::error!(%error, "storing memories from peers failed; they will come again");
             return;
         }
-        let transmits = self.agent.replica().take_transmits();
+        let transmits = self.agent.route_transmits(self.agent.replica().take_transmits());
         for transmit in transmits {
             let labels = SwarmLabels {
                 direction: "out",

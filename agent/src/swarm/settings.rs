@@ -107,13 +107,18 @@ impl SwarmSettings {
     }
 
     pub fn psk(&self) -> anyhow::Result<Option<PreSharedKey>> {
+        Ok(self.swarm_key_bytes()?.map(PreSharedKey::new))
+    }
+
+    /// The swarm key's 32 bytes (libp2p's pnet and the manager uplink both prove it).
+    pub fn swarm_key_bytes(&self) -> anyhow::Result<Option<[u8; 32]>> {
         let Some(hex_key) = &self.swarm_key else {
             return Ok(None);
         };
         let mut key = [0u8; 32];
         hex::decode_to_slice(hex_key.trim(), &mut key)
             .map_err(|_| anyhow::anyhow!("swarm.swarm_key must be 64 hex digits"))?;
-        Ok(Some(PreSharedKey::new(key)))
+        Ok(Some(key))
     }
 }
 

@@ -13,6 +13,26 @@ pub mod delay_proxy;
 use murmur_agent::client::Client;
 use serde_json::{Value, json};
 
+/// The agent binary: Cargo names it for this crate's tests; other crates' tests (the
+/// manager's) find it beside their own executable, built by the workspace test run.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_murmur-agent") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("murmur-agent"))
+        .expect("target directory");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p murmur-agent, or run the workspace tests)",
+        path.display()
+    );
+    path
+}
+
 pub struct AgentProcess {
     child: Child,
     pub data_dir: PathBuf,
@@ -34,7 +54,7 @@ impl AgentProcess {
             .append(true)
             .open(data_dir.join("agent.log"))
             .expect("log file");
-        let binary = env!("CARGO_BIN_EXE_murmur-agent");
+        let binary = agent_binary();
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
