@@ -9,6 +9,23 @@ features=(--workspace --all-features --locked)
 
 cargo run --quiet -p murmur-models --all-features --locked -- fetch --test-fixtures
 python3 scripts/make_corpus.py
+
+# Real peers for the manager's tests: an S3-compatible server (moto) and DuckDB from PyPI, in a
+# venv of their own; Debian's Chromium and ChromeDriver for the dashboard test.
+tools="${MURMUR_TOOLS_DIR:-$HOME/.cache/murmur-tools}"
+if ! "$tools/venv/bin/python" -c 'import moto.server, duckdb' 2>/dev/null; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'duckdb==1.4.1'
+fi
+export MURMUR_TOOLS_PYTHON="$tools/venv/bin/python"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "the dashboard test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${features[@]}" --no-fail-fast
 else

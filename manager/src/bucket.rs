@@ -31,6 +31,8 @@ pub enum BucketError {
     Store(#[from] object_store::Error),
     #[error("{path}: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("syncing {path} to disk: {source}")]
+    Fsync { path: String, source: std::io::Error },
     #[error("the bucket holds a swarm with {found} shards, this manager is configured for {configured}")]
     ShardMismatch { found: u16, configured: u16 },
     #[error("the bucket's layout is version {0}; this manager reads version {LAYOUT_VERSION}")]
@@ -59,6 +61,9 @@ pub struct Bucket {
     url: String,
     writer: String,
     next_seq: std::sync::atomic::AtomicU64,
+    /// A `file://` bucket: object_store's local store does not fsync, so segments are synced
+    /// here before they count as written (power loss, not only a killed process).
+    local: bool,
 }
 
 impl Bucket {
@@ -89,6 +94,7 @@ impl Bucket {
             url: url.to_owned(),
             writer: uuid::Uuid::now_v7().simple().to_string(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
+            local: parsed.scheme() == "file",
         })
     }
 
@@ -187,12 +193,37 @@ impl Bucket {
             let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = self.path(&format!("v1/{area}/{}/{seq:012}.seg", self.writer));
             match self.put_new(&path, body.clone().into()).await {
-                Ok(()) => return Ok(path),
+                Ok(()) => {
+                    self.sync_local(&path).await?;
+                    return Ok(path);
+                }
                 // Only if a clone of this process reused our writer id: never overwrite, move on.
                 Err(BucketError::Store(object_store::Error::AlreadyExists { .. })) => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// For a local bucket: fsync the object's file and its directory.
+    async fn sync_local(&self, path: &Path) -> Result<(), BucketError> {
+        if !self.local {
+            return Ok(());
+        }
+        let file = std::path::PathBuf::from("/").join(path.as_ref());
+        let synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            std::io::Result::Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        synced.map_err(|source| BucketError::Fsync {
+            path: path.to_string(),
+            source,
+        })
     }
 
     /// Every segment path in the bucket (both areas), sorted.

@@ -46,6 +46,7 @@ const AGENT_SCHEMA: &str = "message agent {
   optional binary software (STRING);
   optional int64 first_seen (TIMESTAMP(MILLIS,true));
   optional int64 last_seen (TIMESTAMP(MILLIS,true));
+  optional int64 last_in_sync (TIMESTAMP(MILLIS,true));
   required int64 memories_authored;
   optional int64 reported_memories;
   required int32 peers;
@@ -87,6 +88,9 @@ pub struct ExportSummary {
 pub struct Exporter {
     fingerprints: HashMap<String, (usize, u64)>,
     event_seq: u64,
+    /// The view generation whose memories are all in the bucket: nothing to compare while the
+    /// view stays at it.
+    exported_generation: Option<u64>,
 }
 
 /// UTC calendar date of a Unix time in ms (proleptic Gregorian; Hinnant's civil_from_days).
@@ -128,10 +132,11 @@ impl Exporter {
         view: &std::sync::RwLock<View>,
         connected_lags: &HashMap<[u8; 32], Option<u64>>,
     ) -> Result<ExportSummary, ExportError> {
-        let (changed, removed, agents, events) = {
+        let (generation, changed, removed, agents, events) = {
             let mut view = view.write().unwrap_or_else(|p| p.into_inner());
+            let unchanged = self.exported_generation == Some(view.generation);
             let mut by_date: BTreeMap<String, Vec<&MemoryRecord>> = BTreeMap::new();
-            for record in view.memories.values() {
+            for record in view.memories.values().filter(|_| !unchanged) {
                 by_date
                     .entry(utc_date(record.created_at_ms()))
                     .or_default()
@@ -149,12 +154,12 @@ impl Exporter {
             let removed: Vec<String> = self
                 .fingerprints
                 .keys()
-                .filter(|d| !by_date.contains_key(*d))
+                .filter(|d| !unchanged && !by_date.contains_key(*d))
                 .cloned()
                 .collect();
             let agents = agent_rows(&view, connected_lags);
             let events = std::mem::take(&mut view.sync_events);
-            (changed, removed, agents, events)
+            (view.generation, changed, removed, agents, events)
         };
 
         let mut summary = ExportSummary::default();
@@ -184,6 +189,7 @@ impl Exporter {
             self.fingerprints.remove(&date);
             summary.partitions_removed += 1;
         }
+        self.exported_generation = Some(generation);
 
         let agents_body = encode_agents(&agents)?;
         summary.bytes += agents_body.len() as u64;
@@ -322,13 +328,15 @@ pub struct AgentRow {
     software: Option<String>,
     first_seen_ms: Option<u64>,
     last_seen_ms: Option<u64>,
+    last_in_sync_ms: Option<u64>,
     memories_authored: u64,
     reported_memories: Option<u64>,
     peers: usize,
     refused_messages: u64,
 }
 
-fn agent_rows(view: &View, _lags: &HashMap<[u8; 32], Option<u64>>) -> Vec<AgentRow> {
+/// `last_in_sync` holds, per connected agent, when its state last matched the manager's.
+fn agent_rows(view: &View, last_in_sync: &HashMap<[u8; 32], Option<u64>>) -> Vec<AgentRow> {
     let authored = view.authored_counts();
     view.agents
         .iter()
@@ -339,6 +347,7 @@ fn agent_rows(view: &View, _lags: &HashMap<[u8; 32], Option<u64>>) -> Vec<AgentR
             software: entry.software.clone(),
             first_seen_ms: entry.first_seen_ms,
             last_seen_ms: entry.last_seen_ms,
+            last_in_sync_ms: last_in_sync.get(key).copied().flatten(),
             memories_authored: authored.get(key).copied().unwrap_or(0),
             reported_memories: entry.report.as_ref().and_then(|r| r.memories),
             peers: entry.report.as_ref().map_or(0, |r| r.peers.len()),
@@ -375,6 +384,7 @@ fn encode_agents(rows: &[AgentRow]) -> Result<Vec<u8>, parquet::errors::ParquetE
         optional_bytes(rows.iter().map(|r| r.software.clone())),
         optional_i64(rows.iter().map(|r| r.first_seen_ms)),
         optional_i64(rows.iter().map(|r| r.last_seen_ms)),
+        optional_i64(rows.iter().map(|r| r.last_in_sync_ms)),
         Column::Int64(rows.iter().map(|r| r.memories_authored as i64).collect(), None),
         optional_i64(rows.iter().map(|r| r.reported_memories)),
         Column::Int32(rows.iter().map(|r| r.peers as i32).collect()),
@@ -411,7 +421,8 @@ mod tests {
     fn dates_are_utc_calendar_days() {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(951_782_400_000), "2000-02-29");
-        assert_eq!(utc_date(1_795_478_399_999), "2026-11-24");
-        assert_eq!(utc_date(1_795_478_400_000), "2026-11-25");
+        assert_eq!(utc_date(1_795_478_399_999), "2026-11-23");
+        assert_eq!(utc_date(1_795_478_400_000), "2026-11-24");
+        assert_eq!(utc_date(4_107_542_400_000), "2100-03-01");
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::manager::{Inbound, Manager, now_ms};
+use crate::manager::{Inbound, Manager, PublishError, now_ms};
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 const MAX_K: usize = 100;
@@ -79,7 +79,11 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        // prometheus-client writes the OpenMetrics text format (it ends in `# EOF`).
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.manager.metrics.render(),
     )
 }
@@ -264,7 +268,12 @@ async fn publish(
     let records = answer
         .await
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the manager is stopping".into()))?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| match e {
+            PublishError::Invalid(reason) => ApiError(StatusCode::BAD_REQUEST, reason),
+            not_stored @ PublishError::NotStored(_) => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, not_stored.to_string())
+            }
+        })?;
     let ids: Vec<_> = records.iter().map(|r| r.id.as_uuid()).collect();
     Ok(Json(json!({"ids": ids})))
 }

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    bucket::Bucket,
+    bucket::{Bucket, BucketError},
     metrics::Metrics,
     view::{AgentEntry, AgentReport, Deletion, SyncEvent, View},
 };
@@ -55,8 +55,17 @@ pub enum Inbound {
     /// Memories written by an operator, signed by the manager; answered once durable.
     Publish {
         drafts: Vec<MemoryDraft>,
-        reply: oneshot::Sender<Result<Vec<MemoryRecord>, String>>,
+        reply: oneshot::Sender<Result<Vec<MemoryRecord>, PublishError>>,
     },
+}
+
+/// Why an operator's memories were not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not stored: {0}")]
+    NotStored(String),
 }
 
 pub struct Manager {
@@ -107,7 +116,10 @@ impl Manager {
         Ok(Self {
             engine: Mutex::new(engine),
             bucket,
-            view: RwLock::new(View::default()),
+            view: RwLock::new(View {
+                own_key: Some(public),
+                ..View::default()
+            }),
             metrics: Metrics::default(),
             key: public,
             started_at_ms: now_ms(),
@@ -177,12 +189,24 @@ impl Manager {
         let mut read = Vec::new();
         let mut total = 0;
         for path in fresh {
-            if let Some(segment) = self.bucket.read_segment(&path).await? {
-                total += segment.changes.len();
-                for (shard, change) in segment.changes {
-                    by_shard.entry(shard).or_default().push(change);
+            match self.bucket.read_segment(&path).await {
+                Ok(Some(segment)) => {
+                    total += segment.changes.len();
+                    for (shard, change) in segment.changes {
+                        by_shard.entry(shard).or_default().push(change);
+                    }
+                    read.extend(segment.covers);
                 }
-                read.extend(segment.covers);
+                Ok(None) => {}
+                // A damaged object (another writer's bug, a truncated upload by hand) must not
+                // stop this manager from reading everything else: it is skipped, counted and
+                // left in place for an operator. Its changes still live on the agents that
+                // wrote them, which sync them again.
+                Err(BucketError::Corrupt { path, reason }) => {
+                    self.metrics.segments_unreadable.inc();
+                    tracing::error!(%path, %reason, "skipping a damaged segment in the bucket");
+                }
+                Err(error) => return Err(error.into()),
             }
             read.push(path);
         }
@@ -419,9 +443,11 @@ impl Manager {
         });
     }
 
-    fn on_publish(&self, drafts: &[MemoryDraft]) -> Result<Vec<MemoryRecord>, String> {
+    fn on_publish(&self, drafts: &[MemoryDraft]) -> Result<Vec<MemoryRecord>, PublishError> {
         // Answered only after the commit that follows this batch made them durable.
-        self.engine().write(now_ms(), drafts).map_err(|e| e.to_string())
+        self.engine()
+            .write(now_ms(), drafts)
+            .map_err(|e| PublishError::Invalid(e.to_string()))
     }
 
     /// The merge loop: runs until `shutdown` turns true, then commits what it holds.
@@ -459,7 +485,7 @@ impl Manager {
                     for (reply, records) in replies {
                         let result = match (&committed, records) {
                             (Ok(()), Ok(records)) => Ok(records),
-                            (Err(e), _) => Err(format!("not stored: {e}")),
+                            (Err(e), _) => Err(PublishError::NotStored(format!("{e:#}"))),
                             (_, Err(e)) => Err(e),
                         };
                         let _ = reply.send(result);
@@ -538,13 +564,18 @@ impl Manager {
         let mut ids = HashSet::new();
         let mut covers = Vec::new();
         for path in &covered {
-            if let Some(segment) = self.bucket.read_segment(path).await? {
-                for (shard, change) in segment.changes {
-                    if ids.insert(change_id(&change)) {
-                        changes.push((shard, change));
+            match self.bucket.read_segment(path).await {
+                Ok(Some(segment)) => {
+                    for (shard, change) in segment.changes {
+                        if ids.insert(change_id(&change)) {
+                            changes.push((shard, change));
+                        }
                     }
+                    covers.push(path.clone());
                 }
-                covers.push(path.clone());
+                // Neither covered nor deleted: a damaged segment stays for an operator to see.
+                Ok(None) | Err(BucketError::Corrupt { .. }) => {}
+                Err(error) => return Err(error.into()),
             }
         }
         let path = self.bucket.write_compacted(&changes, &covers).await?;
@@ -562,6 +593,6 @@ impl Manager {
 }
 
 type PublishReply = (
-    oneshot::Sender<Result<Vec<MemoryRecord>, String>>,
-    Result<Vec<MemoryRecord>, String>,
+    oneshot::Sender<Result<Vec<MemoryRecord>, PublishError>>,
+    Result<Vec<MemoryRecord>, PublishError>,
 );

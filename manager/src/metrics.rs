@@ -35,6 +35,7 @@ pub struct Metrics {
     pub compactions: Counter,
     pub bucket_errors: Counter,
     pub bucket_changes_refused: Counter,
+    pub segments_unreadable: Counter,
     pub memories_live: Gauge,
     pub memories_deleted: Gauge,
     pub exports: Counter,
@@ -61,6 +62,7 @@ impl Default for Metrics {
             compactions: Counter::default(),
             bucket_errors: Counter::default(),
             bucket_changes_refused: Counter::default(),
+            segments_unreadable: Counter::default(),
             memories_live: Gauge::default(),
             memories_deleted: Gauge::default(),
             exports: Counter::default(),
@@ -128,8 +130,13 @@ impl Default for Metrics {
         );
         registry.register(
             "bucket_changes_refused",
-            "Changes read from the bucket that failed verification",
+            "Batches of changes read from the bucket (one shard's) that failed verification",
             metrics.bucket_changes_refused.clone(),
+        );
+        registry.register(
+            "segments_unreadable",
+            "Segments in the bucket skipped as damaged (checksum or format)",
+            metrics.segments_unreadable.clone(),
         );
         registry.register("memories", "Live memories held", metrics.memories_live.clone());
         registry.register(

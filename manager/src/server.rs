@@ -139,7 +139,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
 
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let merge = tokio::spawn(manager.clone().run(
+    let mut merge = tokio::spawn(manager.clone().run(
         inbox_rx,
         stop_rx.clone(),
         Duration::from_millis(config.bucket_poll_ms),
@@ -184,21 +184,38 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
             .await
     });
 
-    shutdown_signal().await;
+    // The merge loop only ends early when the bucket keeps refusing writes: then nothing can
+    // be acknowledged any more, so the manager stops (non-zero) rather than look healthy.
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        ended = &mut merge => Some(match ended {
+            Ok(Ok(())) => anyhow::anyhow!("the merge loop stopped"),
+            Ok(Err(error)) => error.context("the merge loop failed"),
+            Err(error) => anyhow::anyhow!("the merge loop panicked: {error}"),
+        }),
+    };
+    if let Some(error) = &failure {
+        tracing::error!(error = format!("{error:#}"), "stopping the manager");
+    }
     tracing::info!("shutting down: closing uplinks, committing, exporting");
     endpoint.close(0u32.into(), b"manager shutting down");
     uplinks.abort();
     let _ = stop_tx.send(true);
-    match merge.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "the merge loop failed"),
-        Err(error) => tracing::error!(%error, "the merge loop panicked"),
+    if failure.is_none() {
+        match merge.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the merge loop failed"),
+            Err(error) => tracing::error!(%error, "the merge loop panicked"),
+        }
     }
     let _ = exporter.await;
     let _ = http.await;
     endpoint.wait_idle().await;
     for file in [UPLINK_ADDR_FILE, HTTP_ADDR_FILE] {
         let _ = std::fs::remove_file(config.data_dir.join(file));
+    }
+    if let Some(error) = failure {
+        return Err(error);
     }
     tracing::info!("manager stopped cleanly");
     Ok(())

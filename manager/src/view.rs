@@ -74,8 +74,11 @@ pub struct View {
     pub agents: BTreeMap<AuthorKey, AgentEntry>,
     pub history: VecDeque<Sample>,
     pub sync_events: Vec<SyncEvent>,
-    /// Bumped on every change to memories or deletions: exports skip work when unchanged.
+    /// Bumped on every change to memories or deletions: an export at the same generation
+    /// has no memory partition to compare.
     pub generation: u64,
+    /// The manager's own key: its operators' memories are not an agent's.
+    pub own_key: Option<AuthorKey>,
 }
 
 impl View {
@@ -83,7 +86,9 @@ impl View {
         if self.deletions.contains_key(&record.id) {
             return;
         }
-        self.agents.entry(record.author).or_default();
+        if self.own_key != Some(record.author) {
+            self.agents.entry(record.author).or_default();
+        }
         self.memories.insert(record.id, record);
         self.generation += 1;
     }
@@ -166,11 +171,12 @@ mod tests {
     use super::*;
     use murmur_sync::{MemoryDraft, SigningKey};
 
-    fn record(text: &str, vector: Vec<f32>) -> MemoryRecord {
+    /// `seed` tells records apart: ids come from the engine's seeded nonce.
+    fn record(text: &str, vector: Vec<f32>, seed: u64) -> MemoryRecord {
         let mut engine: murmur_sync::Engine<u8> = murmur_sync::Engine::new(
             murmur_sync::Config::default(),
             SigningKey::from_bytes(&[1; 32]),
-            1,
+            seed,
             0,
         )
         .unwrap();
@@ -193,8 +199,8 @@ mod tests {
     #[test]
     fn search_ranks_by_cosine_and_deletes_hide() {
         let mut view = View::default();
-        let north = record("north", vec![0.0, 1.0]);
-        let east = record("east", vec![1.0, 0.0]);
+        let north = record("north", vec![0.0, 1.0], 1);
+        let east = record("east", vec![1.0, 0.0], 2);
         view.add(north.clone());
         view.add(east.clone());
         let (hits, searched) = view.search("m", &[0.1, 0.9], 1);

@@ -10,6 +10,11 @@ use serde_json::json;
 fn memories_reach_the_manager_the_bucket_and_the_export() {
     let dir = tempfile::tempdir().unwrap();
     let manager = ManagerProcess::start(&dir.path().join("manager"), "127.0.0.1:0", &["--no-model"]);
+    for token in [None, Some("wrong-token-of-some-length")] {
+        let (status, body) = manager.get_with_token("/api/overview", token);
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(manager.get_with_token("/healthz", None).0, 200);
     let a = agent_for(&dir.path().join("a"), &manager.uplink, &[]);
     let b = agent_for(&dir.path().join("b"), &manager.uplink, &[]);
 
@@ -79,6 +84,23 @@ fn memories_reach_the_manager_the_bucket_and_the_export() {
         let rows = parquet_rows(&memories_dir);
         rows.len() == 29 && !rows.iter().any(|r| r["id"] == on_a[0].as_str())
     });
+    // DuckDB reads the export as it is (the query docs/manager.md shows).
+    let duckdb = std::process::Command::new(tools_python())
+        .arg("-c")
+        .arg(DUCKDB_QUERY)
+        .arg(&bucket)
+        .output()
+        .expect("python with duckdb");
+    assert!(
+        duckdb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&duckdb.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&duckdb.stdout).expect("JSON from DuckDB");
+    assert_eq!(answer["memories"], 29, "{answer}");
+    assert_eq!(answer["authors"], 2, "{answer}");
+    assert_eq!(answer["agents"], 2, "{answer}");
+    assert!(answer["dates"].as_str().unwrap().starts_with("20"), "{answer}");
     wait_until(30, "sync events are exported", || {
         parquet_rows(&bucket.join("v1/analytics/sync_events"))
             .iter()
@@ -103,3 +125,19 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Counts from the export through DuckDB; argv[1] is the bucket directory.
+const DUCKDB_QUERY: &str = r#"
+import duckdb, json, sys
+bucket = sys.argv[1]
+con = duckdb.connect()
+memories, authors, dates = con.sql(f"""
+    SELECT count(*), count(DISTINCT author), string_agg(DISTINCT CAST(date AS VARCHAR), ',')
+    FROM read_parquet('{bucket}/v1/analytics/memories/*/*.parquet', hive_partitioning = true)
+""").fetchone()
+agents = con.sql(f"""
+    SELECT count(*) FROM read_parquet('{bucket}/v1/analytics/agents/agents.parquet') a
+    WHERE a.memories_authored > 0
+""").fetchone()[0]
+print(json.dumps({"memories": memories, "authors": authors, "dates": dates, "agents": agents}))
+"#;

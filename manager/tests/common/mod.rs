@@ -124,6 +124,15 @@ impl ManagerProcess {
         )
     }
 
+    /// A GET with another token than the operator's, or none.
+    pub fn get_with_token(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.http));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::reply(request.call())
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::reply(
             self.client
@@ -198,7 +207,6 @@ pub fn agent_for(data_dir: &Path, manager: &str, extra: &[&str]) -> AgentProcess
 
 /// Every row of every Parquet file under `dir` (a local bucket path), as JSON objects.
 pub fn parquet_rows(dir: &Path) -> Vec<Value> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut rows = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -210,20 +218,29 @@ pub fn parquet_rows(dir: &Path) -> Vec<Value> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
-                let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read parquet"));
-                let reader = SerializedFileReader::new(bytes).expect("a parquet file");
-                for row in reader.get_row_iter(None).expect("rows") {
-                    let row = row.expect("row");
-                    let object: serde_json::Map<String, Value> = row
-                        .get_column_iter()
-                        .map(|(name, field)| (name.clone(), field_json(field)))
-                        .collect();
-                    rows.push(Value::Object(object));
-                }
+                rows.extend(parquet_file_rows(std::fs::read(&path).expect("read parquet")));
             }
         }
     }
     rows
+}
+
+/// The rows of one Parquet file's bytes, as JSON objects.
+pub fn parquet_file_rows(bytes: Vec<u8>) -> Vec<Value> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("a parquet file");
+    reader
+        .get_row_iter(None)
+        .expect("rows")
+        .map(|row| {
+            let row = row.expect("row");
+            let object: serde_json::Map<String, Value> = row
+                .get_column_iter()
+                .map(|(name, field)| (name.clone(), field_json(field)))
+                .collect();
+            Value::Object(object)
+        })
+        .collect()
 }
 
 pub fn memory(text: &str) -> Value {
@@ -242,4 +259,43 @@ fn field_json(field: &parquet::record::Field) -> Value {
         Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_json).collect()),
         other => Value::String(other.to_string()),
     }
+}
+
+/// A UDP port free right now on loopback, for a manager that must come back on the same one.
+pub fn free_udp_addr() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").to_string()
+}
+
+/// The value of a counter in a `/metrics` text.
+pub fn metric(manager: &ManagerProcess, name: &str) -> f64 {
+    let (_, body) = manager.get("/metrics");
+    body.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Memories for `count` texts, in the agent's batch form.
+pub fn many(count: usize, prefix: &str) -> Vec<Value> {
+    (0..count)
+        .map(|i| memory(&format!("{prefix} {i}: reading from sensor {}", i % 97)))
+        .collect()
+}
+
+/// The Python that has the test tools (moto's S3 server): `MURMUR_TOOLS_PYTHON`, which
+/// `scripts/test.sh` sets after installing them.
+pub fn tools_python() -> PathBuf {
+    let python = std::env::var_os("MURMUR_TOOLS_PYTHON").map(PathBuf::from).expect(
+        "MURMUR_TOOLS_PYTHON is not set: run scripts/test.sh, which installs moto and points it there",
+    );
+    assert!(
+        python.is_file(),
+        "MURMUR_TOOLS_PYTHON={} does not exist",
+        python.display()
+    );
+    python
 }

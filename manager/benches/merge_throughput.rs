@@ -1,0 +1,348 @@
+//! Memories merged and persisted per second by a real `murmur-manager` process (local bucket,
+//! the embedded default) while 1, 10 and 100 agents upload at once over QUIC, against the same
+//! merge done by a bare `murmur-sync` engine in this process (no network, no bucket) in the
+//! same run. Also the manager's peak RSS. Not a test: run it with
+//! `bash scripts/bench-manager.sh` (docs/BENCHMARKS.md).
+//!
+//! `MURMUR_BENCH_AGENTS` (default `1,10,100`) and `MURMUR_BENCH_MEMORIES` (total per run,
+//! default 20000) size it.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use murmur_sync::{Config, Destination, Engine, MemoryDraft, SigningKey};
+use murmur_uplink::{Credentials, Frame, FrameKind, read_frame, write_frame};
+use tokio::sync::Mutex;
+
+const SWARM_KEY: [u8; 32] = [0x5a; 32];
+const TOKEN: &str = "operator-token-for-benchmarks";
+type Key = [u8; 32];
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A deterministic pseudo-random unit vector: benchmark input, not test data.
+fn vector(seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v: Vec<f32> = (0..384)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// An agent's engine holding `count` memories of realistic size (text ~120 B, metadata, tags,
+/// a 384-dim vector).
+fn agent_engine(index: usize, count: usize) -> Engine<Key> {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
+    let mut engine = Engine::new(
+        Config::default(),
+        SigningKey::from_bytes(&secret),
+        index as u64,
+        now_ms(),
+    )
+    .expect("engine");
+    let drafts: Vec<MemoryDraft> = (0..count)
+        .map(|i| MemoryDraft {
+            namespace: "bench".into(),
+            text: format!(
+                "agent {index} observation {i}: conveyor belt {} vibration above threshold near station {}",
+                i % 17,
+                i % 5
+            ),
+            metadata_json: format!(r#"{{"sensor":"vib-{}","value":{}}}"#, i % 31, i % 1000),
+            tags: vec!["vibration".into(), format!("line-{}", i % 4)],
+            model_id: "all-MiniLM-L6-v2-int8".into(),
+            vector: vector((index * 1_000_003 + i) as u64),
+        })
+        .collect();
+    for chunk in drafts.chunks(100) {
+        engine.write(now_ms(), chunk).expect("write");
+    }
+    while engine.poll_persist().is_some() {}
+    while engine.poll_event().is_some() {}
+    while engine.poll_transmit().is_some() {}
+    engine
+}
+
+/// The peer: the same agents' state merged into one bare engine by the sync protocol in
+/// memory (verification and automerge apply included; no QUIC, no bucket, no view).
+fn in_process_merge(agents: &[Engine<Key>]) -> Duration {
+    let manager_key = [0xee; 32];
+    let mut manager: Engine<Key> = Engine::new(
+        Config::default(),
+        SigningKey::from_bytes(&manager_key),
+        7,
+        now_ms(),
+    )
+    .expect("engine");
+    let manager_id: Key = SigningKey::from_bytes(&manager_key).verifying_key().to_bytes();
+    let started = Instant::now();
+    for agent in agents {
+        let mut agent = agent.clone();
+        let agent_id = agent.author();
+        let now = now_ms();
+        agent.peer_connected(now, manager_id);
+        manager.peer_connected(now, agent_id);
+        agent.start_round(now, manager_id);
+        loop {
+            let mut moved = false;
+            while let Some(t) = agent.poll_transmit() {
+                moved = true;
+                if matches!(t.to, Destination::AllPeers)
+                    || matches!(t.to, Destination::Peer(p) if p == manager_id)
+                {
+                    let _ = manager.handle_incoming(now_ms(), &agent_id, &t.bytes);
+                }
+            }
+            while let Some(t) = manager.poll_transmit() {
+                moved = true;
+                if matches!(t.to, Destination::AllPeers)
+                    || matches!(t.to, Destination::Peer(p) if p == agent_id)
+                {
+                    let _ = agent.handle_incoming(now_ms(), &manager_id, &t.bytes);
+                }
+            }
+            while manager.poll_persist().is_some() {}
+            while manager.poll_event().is_some() {}
+            while agent.poll_persist().is_some() {}
+            while agent.poll_event().is_some() {}
+            if !moved {
+                break;
+            }
+        }
+        manager.peer_disconnected(&agent_id);
+    }
+    started.elapsed()
+}
+
+struct ManagerProcess {
+    child: Child,
+    http: String,
+    uplink: std::net::SocketAddr,
+    client: ureq::Agent,
+}
+
+impl ManagerProcess {
+    fn start(dir: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_murmur-manager"))
+            .args([
+                "run",
+                "--no-model",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--uplink-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--swarm-key", &hex::encode(SWARM_KEY), "--operator-token", TOKEN])
+            .args(["--export-interval-secs", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("manager binary");
+        let client: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let http = std::fs::read_to_string(dir.join("http.addr")).unwrap_or_default();
+            let uplink = std::fs::read_to_string(dir.join("uplink.addr")).unwrap_or_default();
+            if let (false, Ok(uplink)) = (http.is_empty(), uplink.parse()) {
+                return Self {
+                    child,
+                    http: format!("http://{http}"),
+                    uplink,
+                    client,
+                };
+            }
+            assert!(Instant::now() < deadline, "manager did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn live(&self) -> u64 {
+        let reply = self
+            .client
+            .get(format!("{}/healthz", self.http))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok());
+        reply.and_then(|v| v["memories"].as_u64()).unwrap_or(0)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// (current RSS, peak RSS) in MiB, from /proc.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One simulated agent's uplink: its engine over one QUIC stream, as the real agent drives it.
+async fn upload(
+    endpoint: murmur_uplink::quinn::Endpoint,
+    manager: std::net::SocketAddr,
+    engine: Engine<Key>,
+    index: usize,
+) {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
+    let credentials = Credentials::new(SigningKey::from_bytes(&secret), Some(SWARM_KEY));
+    let session = murmur_uplink::connect(&endpoint, manager, &credentials, None, "bench-agent")
+        .await
+        .expect("uplink");
+    let manager_key = session.peer.key;
+    let engine = Arc::new(Mutex::new(engine));
+    let murmur_uplink::Session {
+        mut send, mut recv, ..
+    } = session;
+    {
+        let mut e = engine.lock().await;
+        e.peer_connected(now_ms(), manager_key);
+        e.start_round(now_ms(), manager_key);
+    }
+    let flush = |e: &mut Engine<Key>| {
+        let mut out = Vec::new();
+        while let Some(t) = e.poll_transmit() {
+            out.push(t.bytes);
+        }
+        while e.poll_persist().is_some() {}
+        while e.poll_event().is_some() {}
+        out
+    };
+    let mut pending = flush(&mut *engine.lock().await);
+    loop {
+        for bytes in pending.drain(..) {
+            if write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let wake = engine.lock().await.poll_timeout();
+        let sleep = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
+        tokio::select! {
+            frame = read_frame(&mut recv, 16 << 20) => {
+                let Ok(frame) = frame else { return };
+                let mut e = engine.lock().await;
+                let _ = e.handle_incoming(now_ms(), &manager_key, &frame.payload);
+                pending = flush(&mut e);
+            }
+            _ = tokio::time::sleep(sleep) => {
+                let mut e = engine.lock().await;
+                e.handle_timeout(now_ms());
+                pending = flush(&mut e);
+            }
+        }
+    }
+}
+
+fn main() {
+    let fleets: Vec<usize> = std::env::var("MURMUR_BENCH_AGENTS")
+        .unwrap_or_else(|_| "1,10,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let total: usize = std::env::var("MURMUR_BENCH_MEMORIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    println!(
+        "| agents | memories | manager merged+persisted/s | in-process engine merge/s | ratio | segments | manager RSS now / peak (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for agents in fleets {
+        let per_agent = total / agents;
+        let expected = (per_agent * agents) as u64;
+        eprintln!("preparing {agents} agents x {per_agent} signed memories…");
+        let engines: Vec<Engine<Key>> = (0..agents).map(|i| agent_engine(i, per_agent)).collect();
+        let baseline = in_process_merge(&engines);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = ManagerProcess::start(dir.path());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let endpoint = runtime
+            .block_on(async { murmur_uplink::client_endpoint(Duration::from_secs(30)) })
+            .expect("endpoint");
+        let started = Instant::now();
+        let tasks: Vec<_> = engines
+            .into_iter()
+            .enumerate()
+            .map(|(i, engine)| runtime.spawn(upload(endpoint.clone(), manager.uplink, engine, i)))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        while manager.live() < expected {
+            assert!(Instant::now() < deadline, "the manager did not merge everything");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = started.elapsed();
+        let (rss, peak) = manager.rss_mib();
+        let segments = manager.metric("murmur_manager_segments_written_total");
+        for task in tasks {
+            task.abort();
+        }
+        drop(runtime);
+        let rate = expected as f64 / elapsed.as_secs_f64();
+        let peer = expected as f64 / baseline.as_secs_f64();
+        println!(
+            "| {agents} | {expected} | {rate:.0} | {peer:.0} | {:.2} | {segments} | {rss:.0} / {peak:.0} |",
+            rate / peer
+        );
+        drop(manager);
+    }
+}
