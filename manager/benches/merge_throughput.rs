@@ -163,17 +163,21 @@ impl ManagerProcess {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
+        // Owned at once, so Drop stops it on every path out of here.
+        let mut manager = Self {
+            child,
+            http: String::new(),
+            uplink: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            client,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let http = std::fs::read_to_string(dir.join("http.addr")).unwrap_or_default();
             let uplink = std::fs::read_to_string(dir.join("uplink.addr")).unwrap_or_default();
             if let (false, Ok(uplink)) = (http.is_empty(), uplink.parse()) {
-                return Self {
-                    child,
-                    http: format!("http://{http}"),
-                    uplink,
-                    client,
-                };
+                manager.http = format!("http://{http}");
+                manager.uplink = uplink;
+                return manager;
             }
             assert!(Instant::now() < deadline, "manager did not start");
             std::thread::sleep(Duration::from_millis(50));

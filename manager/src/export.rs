@@ -179,13 +179,8 @@ impl Exporter {
             summary.partitions_written += 1;
         }
         for date in removed {
-            bucket
-                .delete(
-                    &bucket
-                        .path(&format!("v1/analytics/memories/date={date}/part-0.parquet"))
-                        .to_string(),
-                )
-                .await?;
+            let path = bucket.path(&format!("v1/analytics/memories/date={date}/part-0.parquet"));
+            bucket.delete(path.as_ref()).await?;
             self.fingerprints.remove(&date);
             summary.partitions_removed += 1;
         }

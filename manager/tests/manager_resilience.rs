@@ -181,3 +181,47 @@ fn two_managers_on_one_bucket_converge_and_lose_no_object() {
     assert_eq!(m3.live(), 499);
     m3.stop();
 }
+
+#[test]
+fn a_damaged_segment_is_skipped_and_the_rest_of_the_bucket_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager_dir = dir.path().join("manager");
+    let manager = ManagerProcess::start(&manager_dir, "127.0.0.1:0", &["--no-model"]);
+    let agent = agent_for(&dir.path().join("agent"), &manager.uplink, &[]);
+    let ids = agent.add_all(&many(30, "before the damage"), 30);
+    wait_until(60, "the manager holds all 30", || manager.live() == 30);
+    agent.stop();
+    manager.stop();
+
+    // One truncated real segment and one object that is not a segment at all.
+    let changes = manager_dir.join("bucket/v1/changes");
+    let writer = std::fs::read_dir(&changes)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let real = std::fs::read_dir(&writer)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&real).unwrap();
+    let other = changes.join("0000000000000000000000000000dead");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("000000000001.seg"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(other.join("000000000002.seg"), b"not a segment at all").unwrap();
+
+    let restarted = ManagerProcess::start(&manager_dir, "127.0.0.1:0", &["--no-model"]);
+    assert_eq!(restarted.live(), 30, "{}", restarted.log());
+    assert_eq!(restarted.status_of(&ids[29]), 200);
+    assert_eq!(
+        metric(&restarted, "murmur_manager_segments_unreadable_total"),
+        2.0
+    );
+    assert!(restarted.log().contains("skipping a damaged segment"));
+    // Left in place for an operator, not deleted.
+    assert!(other.join("000000000002.seg").is_file());
+    restarted.stop();
+}
