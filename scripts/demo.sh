@@ -104,7 +104,7 @@ done
 echo "the manager has it as deleted (HTTP 410)"
 echo; echo "? tools to edit photos   (asked on the manager, over every agent's memories)"
 manager_api /api/search '{"query": "tools to edit photos", "k": 3}' |
-  python3 -c 'import json,sys; [print(f"  {h[\"score\"]:.3f}  {h[\"text\"][:90]}") for h in json.load(sys.stdin)["hits"]]'
+  python3 -c 'import json,sys; [print("  %.3f  %s" % (h["score"], h["text"][:90])) for h in json.load(sys.stdin)["hits"]]'
 
 echo
 MURMUR_AGENT_URL=$south "$bin" stats
