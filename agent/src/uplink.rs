@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use murmur_uplink::{Credentials, Frame, FrameKind, MAX_CONTROL_BYTES, read_frame, write_frame};
+use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, MAX_CONTROL_BYTES, write_frame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -181,7 +181,7 @@ async fn run_session(agent: &Arc<Agent>, session: murmur_uplink::Session, report
     let murmur_uplink::Session {
         connection,
         mut send,
-        mut recv,
+        recv,
         peer,
     } = session;
     let manager = peer.key;
@@ -196,6 +196,9 @@ async fn run_session(agent: &Arc<Agent>, session: murmur_uplink::Session, report
     }
     agent.flush_network().await;
     let max_message = agent.replica().max_message_bytes();
+    // Read by a task of its own: a read_frame inside the select! below would lose a frame's
+    // bytes whenever another branch won half-way through it.
+    let mut frames = FrameReader::spawn(recv, max_message.max(MAX_CONTROL_BYTES));
     let mut report_tick = tokio::time::interval(report_every);
     let notify = agent.uplink_notify();
     let reason = loop {
@@ -203,10 +206,11 @@ async fn run_session(agent: &Arc<Agent>, session: murmur_uplink::Session, report
         let wake_at = agent.replica().lock().poll_timeout();
         let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()));
         tokio::select! {
-            frame = read_frame(&mut recv, max_message) => {
+            frame = frames.next() => {
                 let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(error) => break error.to_string(),
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => break error.to_string(),
+                    None => break "the uplink stream ended".to_owned(),
                 };
                 if frame.kind != FrameKind::Sync {
                     connection.close(4u32.into(), b"unexpected frame");

@@ -1,21 +1,22 @@
 //! Memories merged and persisted per second by a real `murmur-manager` process (local bucket,
-//! the embedded default) while 1, 10 and 100 agents upload at once over QUIC, against the same
-//! merge done by a bare `murmur-sync` engine in this process (no network, no bucket) in the
-//! same run. Also the manager's peak RSS. Not a test: run it with
+//! the embedded default) while 1, 10 and 100 agents upload at once over QUIC, against a bare
+//! `murmur-sync` engine in this process verifying and applying the same signed changes (no
+//! network, no sync rounds, no bucket) in the same run. Also the manager's peak RSS. Not a test: run it with
 //! `bash scripts/bench-manager.sh` (docs/BENCHMARKS.md).
 //!
 //! `MURMUR_BENCH_AGENTS` (default `1,10,100`) and `MURMUR_BENCH_MEMORIES` (total per run,
 //! default 20000) size it.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use murmur_sync::{Config, Destination, Engine, MemoryDraft, SigningKey};
-use murmur_uplink::{Credentials, Frame, FrameKind, read_frame, write_frame};
+use murmur_sync::{Config, Engine, MemoryDraft, Persist, SignedChange, SigningKey};
+use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, write_frame};
 use tokio::sync::Mutex;
 
 const SWARM_KEY: [u8; 32] = [0x5a; 32];
@@ -47,7 +48,7 @@ fn vector(seed: u64) -> Vec<f32> {
 
 /// An agent's engine holding `count` memories of realistic size (text ~120 B, metadata, tags,
 /// a 384-dim vector).
-fn agent_engine(index: usize, count: usize) -> Engine<Key> {
+fn agent_engine(index: usize, count: usize) -> (Engine<Key>, Vec<Persist>) {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
     let mut engine = Engine::new(
@@ -74,59 +75,35 @@ fn agent_engine(index: usize, count: usize) -> Engine<Key> {
     for chunk in drafts.chunks(100) {
         engine.write(now_ms(), chunk).expect("write");
     }
-    while engine.poll_persist().is_some() {}
+    let persisted = std::iter::from_fn(|| engine.poll_persist()).collect();
     while engine.poll_event().is_some() {}
     while engine.poll_transmit().is_some() {}
-    engine
+    (engine, persisted)
 }
 
-/// The peer: the same agents' state merged into one bare engine by the sync protocol in
-/// memory (verification and automerge apply included; no QUIC, no bucket, no view).
-fn in_process_merge(agents: &[Engine<Key>]) -> Duration {
-    let manager_key = [0xee; 32];
-    let mut manager: Engine<Key> = Engine::new(
+/// The peer: the same signed changes verified and applied by one bare engine in this process,
+/// as a manager loading them from its bucket would (no QUIC, no sync rounds, no bucket, no
+/// view).
+fn in_process_apply(changes: &[Persist]) -> Duration {
+    let mut engine: Engine<Key> = Engine::new(
         Config::default(),
-        SigningKey::from_bytes(&manager_key),
+        SigningKey::from_bytes(&[0xee; 32]),
         7,
         now_ms(),
     )
     .expect("engine");
-    let manager_id: Key = SigningKey::from_bytes(&manager_key).verifying_key().to_bytes();
+    let mut by_shard: BTreeMap<u16, Vec<SignedChange>> = BTreeMap::new();
+    for persist in changes {
+        by_shard
+            .entry(persist.shard)
+            .or_default()
+            .push(persist.change.clone());
+    }
     let started = Instant::now();
-    for agent in agents {
-        let mut agent = agent.clone();
-        let agent_id = agent.author();
-        let now = now_ms();
-        agent.peer_connected(now, manager_id);
-        manager.peer_connected(now, agent_id);
-        agent.start_round(now, manager_id);
-        loop {
-            let mut moved = false;
-            while let Some(t) = agent.poll_transmit() {
-                moved = true;
-                if matches!(t.to, Destination::AllPeers)
-                    || matches!(t.to, Destination::Peer(p) if p == manager_id)
-                {
-                    let _ = manager.handle_incoming(now_ms(), &agent_id, &t.bytes);
-                }
-            }
-            while let Some(t) = manager.poll_transmit() {
-                moved = true;
-                if matches!(t.to, Destination::AllPeers)
-                    || matches!(t.to, Destination::Peer(p) if p == agent_id)
-                {
-                    let _ = agent.handle_incoming(now_ms(), &manager_id, &t.bytes);
-                }
-            }
-            while manager.poll_persist().is_some() {}
-            while manager.poll_event().is_some() {}
-            while agent.poll_persist().is_some() {}
-            while agent.poll_event().is_some() {}
-            if !moved {
-                break;
-            }
-        }
-        manager.peer_disconnected(&agent_id);
+    for (shard, changes) in by_shard {
+        engine.apply_stored(shard, changes).expect("valid changes");
+        while engine.poll_persist().is_some() {}
+        while engine.poll_event().is_some() {}
     }
     started.elapsed()
 }
@@ -278,8 +255,15 @@ async fn upload(
         let wake = engine.lock().await.poll_timeout();
         let sleep = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
         tokio::select! {
-            frame = read_frame(&mut recv, 16 << 20) => {
-                let Ok(frame) = frame else { return };
+            frame = frames.next() => {
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => {
+                        eprintln!("agent {index}: uplink read failed: {error}");
+                        return;
+                    }
+                    None => return,
+                };
                 let mut e = engine.lock().await;
                 let _ = e.handle_incoming(now_ms(), &manager_key, &frame.payload);
                 pending = flush(&mut e);
@@ -304,15 +288,16 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     println!(
-        "| agents | memories | manager merged+persisted/s | in-process engine merge/s | ratio | segments | manager RSS now / peak (MiB) |"
+        "| agents | memories | manager merged+persisted/s | bare engine verify+apply/s | ratio | segments | manager RSS now / peak (MiB) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for agents in fleets {
         let per_agent = total / agents;
         let expected = (per_agent * agents) as u64;
         eprintln!("preparing {agents} agents x {per_agent} signed memories…");
-        let engines: Vec<Engine<Key>> = (0..agents).map(|i| agent_engine(i, per_agent)).collect();
-        let baseline = in_process_merge(&engines);
+        let (engines, persisted): (Vec<Engine<Key>>, Vec<Vec<Persist>>) =
+            (0..agents).map(|i| agent_engine(i, per_agent)).unzip();
+        let baseline = in_process_apply(&persisted.concat());
 
         let dir = tempfile::tempdir().expect("tempdir");
         let manager = ManagerProcess::start(dir.path());

@@ -15,7 +15,7 @@ mod handshake;
 mod keyfile;
 mod tls;
 
-pub use frame::{Frame, FrameKind, MAX_CONTROL_BYTES, read_frame, write_frame};
+pub use frame::{Frame, FrameKind, FrameReader, MAX_CONTROL_BYTES, read_frame, write_frame};
 pub use handshake::{Credentials, Hello, MembershipPolicy, Role};
 pub use keyfile::{load_or_create_key, write_atomically};
 /// The QUIC implementation underneath, for drivers that hold its connections.

@@ -198,6 +198,14 @@ impl ManagerProcess {
     }
 }
 
+impl Drop for ManagerProcess {
+    /// A test that fails half-way must not leave its manager running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An agent that uploads to `manager` (no libp2p swarm unless `extra` adds one).
 pub fn agent_for(data_dir: &Path, manager: &str, extra: &[&str]) -> AgentProcess {
     let mut args = vec!["--manager", manager, "--swarm-key", SWARM_KEY];
