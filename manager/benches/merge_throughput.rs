@@ -225,9 +225,8 @@ async fn upload(
         .expect("uplink");
     let manager_key = session.peer.key;
     let engine = Arc::new(Mutex::new(engine));
-    let murmur_uplink::Session {
-        mut send, mut recv, ..
-    } = session;
+    let murmur_uplink::Session { mut send, recv, .. } = session;
+    let mut frames = FrameReader::spawn(recv, 16 << 20);
     {
         let mut e = engine.lock().await;
         e.peer_connected(now_ms(), manager_key);
