@@ -186,6 +186,20 @@ impl ManagerProcess {
             .unwrap_or(0.0)
     }
 
+    /// CPU seconds the manager process has used (user + system), from /proc.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name in parentheses: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0 // USER_HZ is 100 on Linux
+    }
+
     /// (current RSS, peak RSS) in MiB, from /proc.
     fn rss_mib(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -287,9 +301,9 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     println!(
-        "| agents | memories | manager merged+persisted/s | bare engine verify+apply/s | ratio | segments | manager RSS now / peak (MiB) |"
+        "| agents | memories | manager merged+persisted/s (wall) | per manager CPU-second | bare engine verify+apply/s (peer) | wall ratio | CPU ratio | segments | outbox drops | manager RSS now / peak (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for agents in fleets {
         let per_agent = total / agents;
         let expected = (per_agent * agents) as u64;
@@ -307,6 +321,7 @@ fn main() {
         let endpoint = runtime
             .block_on(async { murmur_uplink::client_endpoint(Duration::from_secs(30)) })
             .expect("endpoint");
+        let cpu_before = manager.cpu_seconds();
         let started = Instant::now();
         let tasks: Vec<_> = engines
             .into_iter()
@@ -319,7 +334,9 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let elapsed = started.elapsed();
+        let cpu = manager.cpu_seconds() - cpu_before;
         let (rss, peak) = manager.rss_mib();
+        let dropped = manager.metric("murmur_manager_outbox_dropped_total");
         let segments = manager.metric("murmur_manager_segments_written_total");
         for task in tasks {
             task.abort();
@@ -327,9 +344,11 @@ fn main() {
         drop(runtime);
         let rate = expected as f64 / elapsed.as_secs_f64();
         let peer = expected as f64 / baseline.as_secs_f64();
+        let per_cpu = expected as f64 / cpu.max(0.01);
         println!(
-            "| {agents} | {expected} | {rate:.0} | {peer:.0} | {:.2} | {segments} | {rss:.0} / {peak:.0} |",
-            rate / peer
+            "| {agents} | {expected} | {rate:.0} | {per_cpu:.0} | {peer:.0} | {:.2} | {:.2} | {segments} | {dropped} | {rss:.0} / {peak:.0} |",
+            rate / peer,
+            per_cpu / peer
         );
         drop(manager);
     }

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub bucket_errors: Counter,
     pub bucket_changes_refused: Counter,
     pub segments_unreadable: Counter,
+    pub outbox_dropped: Counter,
     pub memories_live: Gauge,
     pub memories_deleted: Gauge,
     pub exports: Counter,
@@ -63,6 +64,7 @@ impl Default for Metrics {
             bucket_errors: Counter::default(),
             bucket_changes_refused: Counter::default(),
             segments_unreadable: Counter::default(),
+            outbox_dropped: Counter::default(),
             memories_live: Gauge::default(),
             memories_deleted: Gauge::default(),
             exports: Counter::default(),
@@ -137,6 +139,11 @@ impl Default for Metrics {
             "segments_unreadable",
             "Segments in the bucket skipped as damaged (checksum or format)",
             metrics.segments_unreadable.clone(),
+        );
+        registry.register(
+            "outbox_dropped",
+            "Sync messages for a slow agent dropped because its outbox was full (anti-entropy resends)",
+            metrics.outbox_dropped.clone(),
         );
         registry.register("memories", "Live memories held", metrics.memories_live.clone());
         registry.register(

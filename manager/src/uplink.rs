@@ -16,7 +16,11 @@ use murmur_uplink::{
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::manager::{Inbound, Link, Manager};
+use crate::manager::{Inbound, Link, Manager, Outbox};
+
+/// Bytes of sync messages queued for one agent before further ones are dropped (see
+/// [`Outbox`]): a few large sync messages, or thousands of pushes.
+const OUTBOX_BYTES: usize = 16 << 20;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -88,7 +92,8 @@ async fn run_session(
     } = session;
     let agent = peer.key;
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (outbox, mut outgoing) = Outbox::new(OUTBOX_BYTES);
+    let drained = outbox.clone();
     tracing::info!(software = %peer.software, "agent connected");
     let link = Link {
         conn_id,
@@ -108,10 +113,10 @@ async fn run_session(
     }
     let writer = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes))
-                .await
-                .is_err()
-            {
+            let len = bytes.len();
+            let written = write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes)).await;
+            drained.written(len);
+            if written.is_err() {
                 break;
             }
         }
