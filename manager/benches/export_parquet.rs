@@ -110,16 +110,17 @@ fn main() {
         &dir.path().join("memories.jsonl"),
     );
     println!(
-        "| memories | Parquet export | Parquet bytes | JSON Lines (peer) | JSON bytes | time ratio | size ratio | unchanged re-export | RSS holding / peak (MiB) |"
+        "| memories | Parquet export | Parquet bytes | JSON Lines (peer) | JSON bytes | time ratio | size ratio | view locked | unchanged re-export | RSS holding / peak (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {count} | {:.2} s | {} | {:.2} s | {json_bytes} | {:.2} | {:.3} | {:.2} s ({} partitions written) | {held_rss:.0} / {:.0} |",
+        "| {count} | {:.2} s | {} | {:.2} s | {json_bytes} | {:.2} | {:.3} | {:.2} s | {:.2} s ({} partitions written) | {held_rss:.0} / {:.0} |",
         parquet_time.as_secs_f64(),
         summary.bytes,
         json_time.as_secs_f64(),
         parquet_time.as_secs_f64() / json_time.as_secs_f64(),
         summary.bytes as f64 / json_bytes as f64,
+        summary.view_locked.as_secs_f64(),
         unchanged_time.as_secs_f64(),
         unchanged.partitions_written,
         peak_rss_mib()

@@ -4,6 +4,9 @@
 //! network, no sync rounds, no bucket) in the same run. Also the manager's peak RSS. Not a test: run it with
 //! `bash scripts/bench-manager.sh` (docs/BENCHMARKS.md).
 //!
+//! The simulated agents run at nice 19 in this process, so the manager gets the CPU it would
+//! have on its own host; the per-manager-CPU-second rate does not depend on that.
+//!
 //! `MURMUR_BENCH_AGENTS` (default `1,10,100`) and `MURMUR_BENCH_MEMORIES` (total per run,
 //! default 20000) size it.
 
@@ -11,13 +14,11 @@ use std::{
     collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use murmur_sync::{Config, Engine, MemoryDraft, Persist, SignedChange, SigningKey};
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, write_frame};
-use tokio::sync::Mutex;
 
 const SWARM_KEY: [u8; 32] = [0x5a; 32];
 const TOKEN: &str = "operator-token-for-benchmarks";
@@ -224,70 +225,81 @@ impl Drop for ManagerProcess {
     }
 }
 
-/// One simulated agent's uplink: its engine over one QUIC stream, as the real agent drives it.
-async fn upload(
+/// One simulated agent: its engine over one QUIC stream at a time, as the real agent drives
+/// it, reconnecting (as the real agent does) whenever the uplink is lost.
+async fn agent(
     endpoint: murmur_uplink::quinn::Endpoint,
     manager: std::net::SocketAddr,
-    engine: Engine<Key>,
+    mut engine: Engine<Key>,
     index: usize,
 ) {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
     let credentials = Credentials::new(SigningKey::from_bytes(&secret), Some(SWARM_KEY));
-    let session = murmur_uplink::connect(&endpoint, manager, &credentials, None, "bench-agent")
-        .await
-        .expect("uplink");
-    let manager_key = session.peer.key;
-    let engine = Arc::new(Mutex::new(engine));
+    loop {
+        match murmur_uplink::connect(&endpoint, manager, &credentials, None, "bench-agent").await {
+            Ok(session) => {
+                let manager_key = session.peer.key;
+                if let Err(reason) = run_session(session, &mut engine, manager_key).await {
+                    eprintln!("agent {index}: uplink lost ({reason}), reconnecting");
+                }
+                engine.peer_disconnected(&manager_key);
+            }
+            Err(error) => eprintln!("agent {index}: connect failed ({error}), retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn drain(engine: &mut Engine<Key>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(t) = engine.poll_transmit() {
+        out.push(t.bytes);
+    }
+    while engine.poll_persist().is_some() {}
+    while engine.poll_event().is_some() {}
+    out
+}
+
+async fn run_session(
+    session: murmur_uplink::Session,
+    engine: &mut Engine<Key>,
+    manager_key: Key,
+) -> Result<(), String> {
     let murmur_uplink::Session { mut send, recv, .. } = session;
     let mut frames = FrameReader::spawn(recv, 16 << 20);
-    {
-        let mut e = engine.lock().await;
-        e.peer_connected(now_ms(), manager_key);
-        e.start_round(now_ms(), manager_key);
-    }
-    let flush = |e: &mut Engine<Key>| {
-        let mut out = Vec::new();
-        while let Some(t) = e.poll_transmit() {
-            out.push(t.bytes);
-        }
-        while e.poll_persist().is_some() {}
-        while e.poll_event().is_some() {}
-        out
-    };
-    let mut pending = flush(&mut *engine.lock().await);
+    engine.peer_connected(now_ms(), manager_key);
+    engine.start_round(now_ms(), manager_key);
+    let mut pending = drain(engine);
     loop {
         for bytes in pending.drain(..) {
-            if write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes))
+            write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes))
                 .await
-                .is_err()
-            {
-                return;
-            }
+                .map_err(|e| e.to_string())?;
         }
-        let wake = engine.lock().await.poll_timeout();
-        let sleep = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
+        let sleep = Duration::from_millis(engine.poll_timeout().saturating_sub(now_ms()).min(1000));
         tokio::select! {
             frame = frames.next() => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
-                    Some(Err(error)) => {
-                        eprintln!("agent {index}: uplink read failed: {error}");
-                        return;
-                    }
-                    None => return,
+                    Some(Err(error)) => return Err(error.to_string()),
+                    None => return Err("stream closed".into()),
                 };
-                let mut e = engine.lock().await;
-                let _ = e.handle_incoming(now_ms(), &manager_key, &frame.payload);
-                pending = flush(&mut e);
+                let _ = engine.handle_incoming(now_ms(), &manager_key, &frame.payload);
             }
-            _ = tokio::time::sleep(sleep) => {
-                let mut e = engine.lock().await;
-                e.handle_timeout(now_ms());
-                pending = flush(&mut e);
-            }
+            _ = tokio::time::sleep(sleep) => engine.handle_timeout(now_ms()),
         }
+        pending = drain(engine);
     }
+}
+
+/// The simulated agents share this machine's cores with the manager; at nice 19 they take
+/// only what the manager leaves, as if they ran on their own hardware. Linux applies
+/// `setpriority(PRIO_PROCESS, 0)` to the calling thread only, so each runtime worker does it.
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority has no memory-safety preconditions; a failure only leaves the
+    // priority as it was.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
 }
 
 fn main() {
@@ -316,6 +328,7 @@ fn main() {
         let manager = ManagerProcess::start(dir.path());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            .on_thread_start(lower_this_threads_priority)
             .build()
             .expect("runtime");
         let endpoint = runtime
@@ -326,7 +339,7 @@ fn main() {
         let tasks: Vec<_> = engines
             .into_iter()
             .enumerate()
-            .map(|(i, engine)| runtime.spawn(upload(endpoint.clone(), manager.uplink, engine, i)))
+            .map(|(i, engine)| runtime.spawn(agent(endpoint.clone(), manager.uplink, engine, i)))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(1800);
         while manager.live() < expected {

@@ -14,6 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::StreamExt;
 use murmur_sync::MemoryRecord;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::{
@@ -26,6 +27,7 @@ use parquet::{
 use crate::{bucket::Bucket, view::View};
 
 const ROWS_PER_GROUP: usize = 65_536;
+const DAY_MS: u64 = 86_400_000;
 
 const MEMORY_SCHEMA: &str = "message memory {
   required binary id (STRING);
@@ -81,6 +83,8 @@ pub struct ExportSummary {
     pub memories_written: usize,
     pub events_written: usize,
     pub bytes: u64,
+    /// How long the view was locked to copy what changed: merges and searches wait that long.
+    pub view_locked: std::time::Duration,
 }
 
 /// Remembers what the last export wrote, so an unchanged day is not rewritten.
@@ -132,23 +136,32 @@ impl Exporter {
         view: &std::sync::RwLock<View>,
         connected_lags: &HashMap<[u8; 32], Option<u64>>,
     ) -> Result<ExportSummary, ExportError> {
+        let lock_started = std::time::Instant::now();
         let (generation, changed, removed, agents, events) = {
             let mut view = view.write().unwrap_or_else(|p| p.into_inner());
             let unchanged = self.exported_generation == Some(view.generation);
-            let mut by_date: BTreeMap<String, Vec<&MemoryRecord>> = BTreeMap::new();
+            // Grouped by day number: formatting a date string per record under the lock costs
+            // more than the grouping itself.
+            let mut by_day: BTreeMap<u64, Vec<&MemoryRecord>> = BTreeMap::new();
             for record in view.memories.values().filter(|_| !unchanged) {
-                by_date
-                    .entry(utc_date(record.created_at_ms()))
+                by_day
+                    .entry(record.created_at_ms() / DAY_MS)
                     .or_default()
                     .push(record);
             }
+            let by_date: BTreeMap<String, Vec<&MemoryRecord>> = by_day
+                .into_iter()
+                .map(|(day, records)| (utc_date(day * DAY_MS), records))
+                .collect();
             let mut changed = Vec::new();
             for (date, records) in &by_date {
                 let print = fingerprint(records.iter().copied());
                 if self.fingerprints.get(date) != Some(&print) {
-                    let mut owned: Vec<MemoryRecord> = records.iter().map(|r| (*r).clone()).collect();
-                    owned.sort_by_key(|r| r.id.0);
-                    changed.push((date.clone(), print, owned));
+                    // Only the exported columns are copied (no vector, no signature): a
+                    // million-memory export would otherwise double the manager's RAM.
+                    let mut rows: Vec<MemoryRow> = records.iter().map(|r| MemoryRow::from(*r)).collect();
+                    rows.sort_by_key(|r| r.id);
+                    changed.push((date.clone(), print, rows));
                 }
             }
             let removed: Vec<String> = self
@@ -162,22 +175,33 @@ impl Exporter {
             (view.generation, changed, removed, agents, events)
         };
 
-        let mut summary = ExportSummary::default();
-        for (date, print, records) in changed {
-            let body =
-                tokio::task::spawn_blocking(move || encode_memories(&records).map(|b| (b, records.len())))
+        let mut summary = ExportSummary {
+            view_locked: lock_started.elapsed(),
+            ..ExportSummary::default()
+        };
+        // Partitions encode in parallel (one per core), and upload in order as they finish.
+        let parallel = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut encoded = futures::stream::iter(changed.into_iter().map(|(date, print, rows)| async move {
+            let encoded =
+                tokio::task::spawn_blocking(move || encode_memories(&rows).map(|b| (b, rows.len())))
                     .await
-                    .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))??;
+                    .map_err(|e| parquet::errors::ParquetError::General(e.to_string()));
+            (date, print, encoded)
+        }))
+        .buffered(parallel);
+        while let Some((date, print, encoded)) = encoded.next().await {
+            let (body, rows) = encoded??;
             let path = bucket.path(&format!("v1/analytics/memories/date={date}/part-0.parquet"));
-            summary.bytes += body.0.len() as u64;
-            summary.memories_written += body.1;
+            summary.bytes += body.len() as u64;
+            summary.memories_written += rows;
             bucket
                 .store()
-                .put(&path, PutPayload::from(Bytes::from(body.0)))
+                .put(&path, PutPayload::from(Bytes::from(body)))
                 .await?;
             self.fingerprints.insert(date, print);
             summary.partitions_written += 1;
         }
+        drop(encoded);
         for date in removed {
             let path = bucket.path(&format!("v1/analytics/memories/date={date}/part-0.parquet"));
             bucket.delete(path.as_ref()).await?;
@@ -274,7 +298,36 @@ fn write_file(schema: &str, groups: Vec<Vec<Column>>) -> Result<Vec<u8>, parquet
     writer.into_inner()
 }
 
-pub fn encode_memories(records: &[MemoryRecord]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+/// The exported columns of one memory, copied out of the view so encoding runs without its lock.
+pub struct MemoryRow {
+    id: [u8; 16],
+    namespace: String,
+    author: [u8; 32],
+    created_at_ms: u64,
+    text: String,
+    metadata_json: String,
+    tags: Vec<String>,
+    model_id: String,
+    dimension: usize,
+}
+
+impl From<&MemoryRecord> for MemoryRow {
+    fn from(record: &MemoryRecord) -> Self {
+        Self {
+            id: record.id.0,
+            namespace: record.namespace.clone(),
+            author: record.author,
+            created_at_ms: record.created_at_ms(),
+            text: record.text.clone(),
+            metadata_json: record.metadata_json.clone(),
+            tags: record.tags.clone(),
+            model_id: record.model_id.clone(),
+            dimension: record.dimension(),
+        }
+    }
+}
+
+pub fn encode_memories(records: &[MemoryRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let groups = records
         .chunks(ROWS_PER_GROUP)
         .map(|chunk| {
@@ -294,7 +347,10 @@ pub fn encode_memories(records: &[MemoryRecord]) -> Result<Vec<u8>, parquet::err
             }
             vec![
                 Column::Bytes(
-                    chunk.iter().map(|r| text(&r.id.as_uuid().to_string())).collect(),
+                    chunk
+                        .iter()
+                        .map(|r| text(&uuid::Uuid::from_bytes(r.id).to_string()))
+                        .collect(),
                     None,
                     None,
                 ),
@@ -304,12 +360,12 @@ pub fn encode_memories(records: &[MemoryRecord]) -> Result<Vec<u8>, parquet::err
                     None,
                     None,
                 ),
-                Column::Int64(chunk.iter().map(|r| r.created_at_ms() as i64).collect(), None),
+                Column::Int64(chunk.iter().map(|r| r.created_at_ms as i64).collect(), None),
                 Column::Bytes(chunk.iter().map(|r| text(&r.text)).collect(), None, None),
                 Column::Bytes(chunk.iter().map(|r| text(&r.metadata_json)).collect(), None, None),
                 Column::Bytes(tags, Some(tag_def), Some(tag_rep)),
                 Column::Bytes(chunk.iter().map(|r| text(&r.model_id)).collect(), None, None),
-                Column::Int32(chunk.iter().map(|r| r.dimension() as i32).collect()),
+                Column::Int32(chunk.iter().map(|r| r.dimension as i32).collect()),
             ]
         })
         .collect();

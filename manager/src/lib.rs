@@ -7,6 +7,7 @@ pub mod export;
 pub mod http;
 pub mod manager;
 pub mod metrics;
+pub mod outbox;
 pub mod server;
 pub mod uplink;
 pub mod view;

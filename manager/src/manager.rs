@@ -28,55 +28,8 @@ pub type PeerKey = [u8; 32];
 #[derive(Clone)]
 pub struct Link {
     pub conn_id: u64,
-    pub outbox: Outbox,
+    pub outbox: crate::outbox::Outbox,
     pub connection: murmur_uplink::quinn::Connection,
-}
-
-/// Messages waiting to be written to one agent, bounded in bytes. A slow agent (a weak link, a
-/// busy device) must not make the manager hold every message for it in RAM: past the bound a
-/// message is dropped, and the sync protocol, built for lossy links, sends what it carried in
-/// a later anti-entropy round.
-#[derive(Clone)]
-pub struct Outbox {
-    sender: mpsc::UnboundedSender<Vec<u8>>,
-    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
-    max_bytes: usize,
-}
-
-impl Outbox {
-    /// The outbox and the receiving end its writer drains (calling [`Outbox::written`]).
-    pub fn new(max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Vec<u8>>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let outbox = Self {
-            sender,
-            queued_bytes: Arc::default(),
-            max_bytes,
-        };
-        (outbox, receiver)
-    }
-
-    /// Queues `bytes`; false when the outbox is full (dropped) or the writer is gone.
-    pub fn send(&self, bytes: Vec<u8>) -> bool {
-        use std::sync::atomic::Ordering;
-        let len = bytes.len();
-        let queued = self.queued_bytes.load(Ordering::Relaxed);
-        // One message always fits an empty outbox, however large.
-        if queued > 0 && queued + len > self.max_bytes {
-            return false;
-        }
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if self.sender.send(bytes).is_err() {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// The writer took `len` bytes off the queue.
-    pub fn written(&self, len: usize) {
-        self.queued_bytes
-            .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 pub enum Inbound {
@@ -122,6 +75,8 @@ pub struct Manager {
     pub metrics: Metrics,
     pub key: PeerKey,
     pub started_at_ms: u64,
+    /// Shared by every agent's outbox: what all of them may queue together.
+    pub outbox_budget: crate::outbox::OutboxBudget,
     links: Mutex<BTreeMap<PeerKey, Link>>,
     refusals: Mutex<BTreeMap<PeerKey, u32>>,
     /// Segments whose changes this manager holds (read or written).
@@ -160,6 +115,7 @@ impl Manager {
         let public = key.verifying_key().to_bytes();
         let engine =
             Engine::new(config, key, seed(), now_ms()).map_err(|e| anyhow::anyhow!("sync config: {e}"))?;
+        let metrics = Metrics::default();
         Ok(Self {
             engine: Mutex::new(engine),
             bucket,
@@ -167,7 +123,11 @@ impl Manager {
                 own_key: Some(public),
                 ..View::default()
             }),
-            metrics: Metrics::default(),
+            outbox_budget: crate::outbox::OutboxBudget::new(
+                crate::outbox::TOTAL_BYTES,
+                metrics.outbox_bytes.clone(),
+            ),
+            metrics,
             key: public,
             started_at_ms: now_ms(),
             links: Mutex::new(BTreeMap::new()),
@@ -646,24 +606,3 @@ type PublishReply = (
     oneshot::Sender<Result<Vec<MemoryRecord>, PublishError>>,
     Result<Vec<MemoryRecord>, PublishError>,
 );
-
-#[cfg(test)]
-mod tests {
-    use super::Outbox;
-
-    #[test]
-    fn an_outbox_is_bounded_in_bytes_and_frees_what_is_written() {
-        let (outbox, mut receiver) = Outbox::new(100);
-        assert!(outbox.send(vec![0; 60]));
-        assert!(!outbox.send(vec![0; 60]), "over the bound: dropped");
-        assert!(outbox.send(vec![0; 40]));
-        let first = receiver.try_recv().unwrap();
-        outbox.written(first.len());
-        assert!(outbox.send(vec![0; 60]), "room again once written");
-        // One message larger than the bound still goes through an empty outbox.
-        let (big, _receiver) = Outbox::new(10);
-        assert!(big.send(vec![0; 1000]));
-        drop(receiver);
-        assert!(!outbox.send(vec![1]), "writer gone");
-    }
-}

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub bucket_changes_refused: Counter,
     pub segments_unreadable: Counter,
     pub outbox_dropped: Counter,
+    pub outbox_bytes: Gauge,
     pub memories_live: Gauge,
     pub memories_deleted: Gauge,
     pub exports: Counter,
@@ -65,6 +66,7 @@ impl Default for Metrics {
             bucket_changes_refused: Counter::default(),
             segments_unreadable: Counter::default(),
             outbox_dropped: Counter::default(),
+            outbox_bytes: Gauge::default(),
             memories_live: Gauge::default(),
             memories_deleted: Gauge::default(),
             exports: Counter::default(),
@@ -142,8 +144,13 @@ impl Default for Metrics {
         );
         registry.register(
             "outbox_dropped",
-            "Sync messages for a slow agent dropped because its outbox was full (anti-entropy resends)",
+            "Sync messages for a slow agent dropped because its outbox or the total budget was full (anti-entropy resends)",
             metrics.outbox_dropped.clone(),
+        );
+        registry.register(
+            "outbox_bytes",
+            "Bytes of sync messages queued for agents, all outboxes together",
+            metrics.outbox_bytes.clone(),
         );
         registry.register("memories", "Live memories held", metrics.memories_live.clone());
         registry.register(

@@ -16,11 +16,10 @@ use murmur_uplink::{
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::manager::{Inbound, Link, Manager, Outbox};
-
-/// Bytes of sync messages queued for one agent before further ones are dropped (see
-/// [`Outbox`]): a few large sync messages, or thousands of pushes.
-const OUTBOX_BYTES: usize = 16 << 20;
+use crate::{
+    manager::{Inbound, Link, Manager},
+    outbox::{Outbox, PER_AGENT_BYTES},
+};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -92,7 +91,7 @@ async fn run_session(
     } = session;
     let agent = peer.key;
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (outbox, mut outgoing) = Outbox::new(OUTBOX_BYTES);
+    let (outbox, mut outgoing) = Outbox::new(PER_AGENT_BYTES, manager.outbox_budget.clone());
     let drained = outbox.clone();
     tracing::info!(software = %peer.software, "agent connected");
     let link = Link {

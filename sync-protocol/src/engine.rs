@@ -960,17 +960,19 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         // Only plain change chunks are accepted by the gate, so never invite whole documents.
         message.supported_capabilities = Some(vec![Capability::MessageV1]);
-        let chunks: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
+        // Taken out of the message so that each part below clones only heads, needs and bloom
+        // filter, not every change of the whole reply (that was quadratic in a large reply).
+        let chunks = std::mem::replace(&mut message.changes, ChunkList::empty());
         let mut signatures = Vec::with_capacity(chunks.len());
         let mut kept = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let Ok(change) = Change::from_bytes(chunk.clone()) else {
+        for chunk in chunks.iter() {
+            let Ok(change) = Change::try_from(chunk) else {
                 continue;
             };
             match self.shards[index].signature_of(&change.hash()) {
                 Some(signature) => {
                     signatures.push(signature);
-                    kept.push(chunk);
+                    kept.push(chunk.to_vec());
                 }
                 None => warn!(shard, "a change in this document has no signature; not sent"),
             }
