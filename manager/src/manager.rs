@@ -52,6 +52,11 @@ pub enum Inbound {
         conn_id: u64,
         reason: String,
     },
+    /// A backlogged agent's outbox has emptied: sync replies to it may be built again.
+    Drained {
+        agent: PeerKey,
+        conn_id: u64,
+    },
     /// Memories written by an operator, signed by the manager; answered once durable.
     Publish {
         drafts: Vec<MemoryDraft>,
@@ -313,26 +318,56 @@ impl Manager {
     }
 
     fn send_transmits(&self) {
-        let transmits: Vec<_> = {
-            let mut engine = self.engine();
-            std::iter::from_fn(|| engine.poll_transmit()).collect()
-        };
-        if transmits.is_empty() {
-            return;
-        }
-        let links = self.links();
-        for transmit in transmits {
-            let kind = transmit.kind.as_str();
-            let targets: Vec<&Link> = match &transmit.to {
-                Destination::Peer(key) => links.get(key).into_iter().collect(),
-                Destination::AllPeers => links.values().collect(),
+        loop {
+            let transmits: Vec<_> = {
+                let mut engine = self.engine();
+                std::iter::from_fn(|| engine.poll_transmit()).collect()
             };
-            for link in targets {
-                if link.outbox.send(transmit.bytes.clone()) {
-                    self.metrics.count_message("out", kind, transmit.bytes.len());
-                } else {
-                    self.metrics.outbox_dropped.inc();
+            if transmits.is_empty() {
+                return;
+            }
+            let mut backlogged = Vec::new();
+            {
+                let links = self.links();
+                for transmit in transmits {
+                    let kind = transmit.kind.as_str();
+                    let targets: Vec<&Link> = match &transmit.to {
+                        Destination::Peer(key) => links.get(key).into_iter().collect(),
+                        Destination::AllPeers => links.values().collect(),
+                    };
+                    for link in targets {
+                        if link.outbox.send(transmit.bytes.clone()) {
+                            self.metrics.count_message("out", kind, transmit.bytes.len());
+                        } else {
+                            self.metrics.outbox_dropped.inc();
+                        }
+                    }
                 }
+                for (key, link) in links.iter() {
+                    if link.outbox.mark_if_backlogged() {
+                        backlogged.push((*key, link.outbox.clone()));
+                    }
+                }
+            }
+            if backlogged.is_empty() {
+                return;
+            }
+            // Replies to these agents wait until their queues empty; one that emptied while
+            // it was being marked is cleared here (its writer saw no mark), which builds its
+            // replies at once: another pass sends them.
+            let mut engine = self.engine();
+            let mut cleared = false;
+            for (key, outbox) in backlogged {
+                self.metrics.backlogs.inc();
+                tracing::debug!(agent = %hex::encode(key), "uplink backlogged: sync replies wait");
+                engine.set_peer_backlogged(&key, true);
+                if outbox.take_cleared() {
+                    engine.set_peer_backlogged(&key, false);
+                    cleared = true;
+                }
+            }
+            if !cleared {
+                return;
             }
         }
     }
@@ -548,6 +583,11 @@ impl Manager {
                 conn_id,
                 reason,
             } => self.on_disconnected(agent, conn_id, reason),
+            Inbound::Drained { agent, conn_id } => {
+                if self.links().get(&agent).is_some_and(|l| l.conn_id == conn_id) {
+                    self.engine().set_peer_backlogged(&agent, false);
+                }
+            }
             Inbound::Publish { drafts, reply } => {
                 let result = self.on_publish(&drafts);
                 replies.push((reply, result));

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub segments_unreadable: Counter,
     pub outbox_dropped: Counter,
     pub outbox_bytes: Gauge,
+    pub backlogs: Counter,
     pub memories_live: Gauge,
     pub memories_deleted: Gauge,
     pub exports: Counter,
@@ -67,6 +68,7 @@ impl Default for Metrics {
             segments_unreadable: Counter::default(),
             outbox_dropped: Counter::default(),
             outbox_bytes: Gauge::default(),
+            backlogs: Counter::default(),
             memories_live: Gauge::default(),
             memories_deleted: Gauge::default(),
             exports: Counter::default(),
@@ -151,6 +153,11 @@ impl Default for Metrics {
             "outbox_bytes",
             "Bytes of sync messages queued for agents, all outboxes together",
             metrics.outbox_bytes.clone(),
+        );
+        registry.register(
+            "uplink_backlogs",
+            "Times an agent's outbox grew long and sync replies to it were held back until it emptied",
+            metrics.backlogs.clone(),
         );
         registry.register("memories", "Live memories held", metrics.memories_live.clone());
         registry.register(

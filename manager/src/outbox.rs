@@ -6,7 +6,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -44,6 +44,9 @@ pub struct Outbox {
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
     budget: OutboxBudget,
+    /// Marked when the queue grew long: the sync engine is told to stop building replies for
+    /// this agent until the queue has emptied.
+    backlogged: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -55,6 +58,7 @@ impl Outbox {
             queued_bytes: Arc::default(),
             max_bytes,
             budget,
+            backlogged: Arc::default(),
         };
         (outbox, receiver)
     }
@@ -63,14 +67,14 @@ impl Outbox {
     /// writer is gone.
     pub fn send(&self, bytes: Vec<u8>) -> bool {
         let len = bytes.len();
-        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        let queued = self.queued_bytes.load(Ordering::SeqCst);
         // One message always fits an empty outbox, however large and however full the others
         // are: every agent keeps making progress.
         if queued > 0 && (queued + len > self.max_bytes || self.budget.queued() + len > self.budget.max_bytes)
         {
             return false;
         }
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(len, Ordering::SeqCst);
         self.budget.queued.inc_by(len as i64);
         if self.sender.send(bytes).is_err() {
             self.release(len);
@@ -79,13 +83,29 @@ impl Outbox {
         true
     }
 
+    /// True once, when this outbox has just become backlogged: a quarter of its own bound is
+    /// queued, or three quarters of the shared budget while it holds anything.
+    pub fn mark_if_backlogged(&self) -> bool {
+        let queued = self.queued_bytes.load(Ordering::SeqCst);
+        let long = queued >= self.max_bytes / 4
+            || (queued > 0 && self.budget.queued() >= self.budget.max_bytes / 4 * 3);
+        long && !self.backlogged.swap(true, Ordering::SeqCst)
+    }
+
+    /// True once, when a backlogged outbox has emptied. Both the writer (after each write)
+    /// and the marker (right after marking) ask, so an outbox that emptied between the two is
+    /// never left marked with nothing queued to clear it.
+    pub fn take_cleared(&self) -> bool {
+        self.queued_bytes.load(Ordering::SeqCst) == 0 && self.backlogged.swap(false, Ordering::SeqCst)
+    }
+
     /// The writer took `len` bytes off the queue.
     pub fn written(&self, len: usize) {
         self.release(len);
     }
 
     fn release(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
         self.budget.queued.dec_by(len as i64);
     }
 }

@@ -110,12 +110,21 @@ async fn run_session(
     {
         return;
     }
+    let drained_inbox = inbox.clone();
     let writer = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             let len = bytes.len();
             let written = write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes)).await;
             drained.written(len);
             if written.is_err() {
+                break;
+            }
+            if drained.take_cleared()
+                && drained_inbox
+                    .send(Inbound::Drained { agent, conn_id })
+                    .await
+                    .is_err()
+            {
                 break;
             }
         }

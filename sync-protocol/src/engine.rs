@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 use automerge::{
-    Change, ChangeHash,
+    ChangeHash,
     sync::{self, Capability, ChunkList, SyncDoc},
 };
 use ed25519_dalek::SigningKey;
@@ -174,6 +174,12 @@ struct PeerState {
     wanted: BTreeMap<u16, BTreeSet<ChangeHash>>,
     /// The round of our last probe to this peer: only its `InSync` ends our conversation.
     probe_round: Option<u32>,
+    /// The driver cannot deliver to this peer as fast as we produce (see
+    /// [`Engine::set_peer_backlogged`]): sync replies wait in `deferred` instead of being
+    /// built, so nothing is spent on messages the driver would have to drop.
+    backlogged: bool,
+    /// Shards whose sync reply to this peer waits for the backlog to clear.
+    deferred: BTreeSet<u16>,
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -414,6 +420,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 fruitless_syncs: 0,
                 wanted: BTreeMap::new(),
                 probe_round: None,
+                backlogged: false,
+                deferred: BTreeSet::new(),
             },
         );
     }
@@ -421,6 +429,31 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     pub fn peer_disconnected(&mut self, peer: &P) {
         debug!(?peer, "peer disconnected");
         self.peers.remove(peer);
+    }
+
+    /// The driver's link to `peer` is backlogged (its send queue is long) or clear again.
+    /// While backlogged, the sync replies owed to the peer are not built, only remembered per
+    /// shard; clearing builds them at once. Everything from the peer is still applied, and
+    /// pushes and probes still go out: they are small, and a peer that uploads must not wait
+    /// for its downloads. Building a large reply costs more than applying it, so a driver
+    /// serving many slow peers would otherwise spend its CPU on messages it then drops.
+    pub fn set_peer_backlogged(&mut self, peer: &P, backlogged: bool) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.backlogged = backlogged;
+        if backlogged {
+            return;
+        }
+        let deferred = std::mem::take(&mut state.deferred);
+        debug!(
+            ?peer,
+            shards = deferred.len(),
+            "backlog cleared: sending deferred sync replies"
+        );
+        for shard in deferred {
+            self.sync_out(peer, shard);
+        }
     }
 
     /// Bytes from `peer`. On `Err` the message was refused whole and nothing changed; the
@@ -941,6 +974,12 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     /// Sends what automerge's sync protocol says this peer needs for `shard`, split so that no
     /// message exceeds the size limit. Returns whether any change was sent.
     fn sync_out(&mut self, peer: &P, shard: u16) -> bool {
+        if let Some(state) = self.peers.get_mut(peer)
+            && state.backlogged
+        {
+            state.deferred.insert(shard);
+            return false;
+        }
         let index = shard as usize;
         let Some(state) = self.peers.get_mut(peer).map(|p| p.sync.entry(shard).or_default()) else {
             return false;
@@ -966,10 +1005,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let mut signatures = Vec::with_capacity(chunks.len());
         let mut kept = Vec::with_capacity(chunks.len());
         for chunk in chunks.iter() {
-            let Ok(change) = Change::try_from(chunk) else {
-                continue;
-            };
-            match self.shards[index].signature_of(&change.hash()) {
+            match self.shards[index].signature_of_chunk(chunk) {
                 Some(signature) => {
                     signatures.push(signature);
                     kept.push(chunk.to_vec());
