@@ -159,8 +159,7 @@ impl Exporter {
                 if self.fingerprints.get(date) != Some(&print) {
                     // Only the exported columns are copied (no vector, no signature): a
                     // million-memory export would otherwise double the manager's RAM.
-                    let mut rows: Vec<MemoryRow> = records.iter().map(|r| MemoryRow::from(*r)).collect();
-                    rows.sort_by_key(|r| r.id);
+                    let rows: Vec<MemoryRow> = records.iter().map(|r| MemoryRow::from(*r)).collect();
                     changed.push((date.clone(), print, rows));
                 }
             }
@@ -182,10 +181,14 @@ impl Exporter {
         // Partitions encode in parallel (one per core), and upload in order as they finish.
         let parallel = std::thread::available_parallelism().map_or(1, usize::from);
         let mut encoded = futures::stream::iter(changed.into_iter().map(|(date, print, rows)| async move {
-            let encoded =
-                tokio::task::spawn_blocking(move || encode_memories(&rows).map(|b| (b, rows.len())))
-                    .await
-                    .map_err(|e| parquet::errors::ParquetError::General(e.to_string()));
+            // Sorted here, not under the view's lock.
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut rows = rows;
+                rows.sort_unstable_by_key(|r| r.id);
+                encode_memories(&rows).map(|b| (b, rows.len()))
+            })
+            .await
+            .map_err(|e| parquet::errors::ParquetError::General(e.to_string()));
             (date, print, encoded)
         }))
         .buffered(parallel);
