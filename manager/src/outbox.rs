@@ -155,4 +155,26 @@ mod tests {
             "a refused message leaves the budget as it was"
         );
     }
+
+    #[test]
+    fn a_long_queue_is_marked_once_and_cleared_once_when_empty() {
+        let (outbox, mut out) = Outbox::new(400, OutboxBudget::new(1000, Default::default()));
+        assert!(outbox.send(vec![0; 50]));
+        assert!(!outbox.mark_if_backlogged(), "short queue");
+        assert!(outbox.send(vec![0; 60]));
+        assert!(outbox.mark_if_backlogged(), "a quarter of the bound queued");
+        assert!(!outbox.mark_if_backlogged(), "marked once");
+        outbox.written(out.try_recv().unwrap().len());
+        assert!(!outbox.take_cleared(), "not empty yet");
+        outbox.written(out.try_recv().unwrap().len());
+        assert!(outbox.take_cleared());
+        assert!(!outbox.take_cleared(), "cleared once");
+        // Most of the shared budget spent elsewhere: even a short queue counts as long.
+        let budget = OutboxBudget::new(100, Default::default());
+        let (hog, _hog_out) = Outbox::new(1000, budget.clone());
+        let (small, _small_out) = Outbox::new(1000, budget);
+        assert!(hog.send(vec![0; 80]));
+        assert!(small.send(vec![0; 1]));
+        assert!(small.mark_if_backlogged());
+    }
 }
