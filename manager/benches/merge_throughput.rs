@@ -17,19 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use murmur_manager::manager::now_ms;
 use murmur_sync::{Config, Engine, MemoryDraft, Persist, SignedChange, SigningKey};
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, write_frame};
 
 const SWARM_KEY: [u8; 32] = [0x5a; 32];
 const TOKEN: &str = "operator-token-for-benchmarks";
 type Key = [u8; 32];
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A deterministic pseudo-random unit vector: benchmark input, not test data.
 fn vector(seed: u64) -> Vec<f32> {

@@ -204,7 +204,6 @@ impl Exporter {
             self.fingerprints.insert(date, print);
             summary.partitions_written += 1;
         }
-        drop(encoded);
         for date in removed {
             let path = bucket.path(&format!("v1/analytics/memories/date={date}/part-0.parquet"));
             bucket.delete(path.as_ref()).await?;

@@ -12,17 +12,11 @@ use std::{
 };
 
 use common::*;
+use murmur_manager::manager::now_ms;
 use murmur_sync::{Config, Engine, MemoryDraft, SigningKey};
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, client_endpoint, connect, write_frame};
 
 type Key = [u8; 32];
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn credentials(seed: u8) -> Credentials {
     let mut swarm_key = [0u8; 32];
