@@ -106,14 +106,41 @@ pub struct Agent {
     attrs: RwLock<Attrs>,
     /// Serialises writes so store generation, index and attrs move together.
     write_lock: tokio::sync::Mutex<()>,
+    /// One index save at a time, so an older snapshot never lands after a newer one.
+    index_save_lock: tokio::sync::Mutex<()>,
     index_dirty: AtomicBool,
     pub metrics: Metrics,
 }
 
+/// What searches filter on, per index label, and how many live memories each namespace holds
+/// (kept as memories come and go, so stats never walk the labels).
 #[derive(Default)]
 struct Attrs {
     by_label: HashMap<u64, FilterAttrs>,
     interner: Interner,
+    namespace_counts: HashMap<Arc<str>, usize>,
+}
+
+impl Attrs {
+    fn insert(&mut self, memory: &Memory) {
+        let entry = self.interner.attrs(memory);
+        let namespace = entry.namespace.clone();
+        if self.by_label.insert(memory.label, entry).is_none() {
+            *self.namespace_counts.entry(namespace).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, label: u64) {
+        let Some(entry) = self.by_label.remove(&label) else {
+            return;
+        };
+        if let Some(count) = self.namespace_counts.get_mut(&entry.namespace) {
+            *count -= 1;
+            if *count == 0 {
+                self.namespace_counts.remove(&entry.namespace);
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -131,11 +158,18 @@ impl Agent {
             identity.signing_key().clone(),
         )
         .context("loading the swarm state")?;
+        if let Some(kept) = store.reconcile_counts().context("counting the database")? {
+            tracing::warn!(
+                kept_memories = kept.memories,
+                kept_tombstones = kept.tombstones,
+                "the database's kept counts did not match its contents (a store from an older agent?); recounted"
+            );
+        }
+        let held = store.counts()?.memories as usize;
         anyhow::ensure!(
-            replica.visible_count() == store.len(),
-            "the database holds {} memories but its swarm state {}; it was written by an older agent \
+            replica.visible_count() == held,
+            "the database holds {held} memories but its swarm state {}; it was written by an older agent \
              or damaged: move it aside and re-import",
-            store.len(),
             replica.visible_count()
         );
 
@@ -180,14 +214,14 @@ impl Agent {
             None => VectorIndex::new(embedder.dimension(), config.index)?,
         };
         match &reason {
-            Some(_) if store.is_empty() => tracing::info!("starting with an empty store"),
+            Some(_) if held == 0 => tracing::info!("starting with an empty store"),
             Some(reason) => {
-                tracing::warn!(%reason, memories = store.len(), "rebuilding the vector index from the database")
+                tracing::warn!(%reason, memories = held, "rebuilding the vector index from the database")
             }
             None => {}
         }
         let progress = Progress::new(
-            if rebuilding { store.len() as u64 } else { 0 },
+            if rebuilding { held as u64 } else { 0 },
             "rebuilding vector index",
         );
         let started = Instant::now();
@@ -202,8 +236,7 @@ impl Agent {
                 }
                 progress.inc(1);
             }
-            let entry = attrs.interner.attrs(&memory);
-            attrs.by_label.insert(memory.label, entry);
+            attrs.insert(&memory);
         }
         progress.finish();
         if skipped > 0 {
@@ -235,6 +268,7 @@ impl Agent {
             uplink_notify: Arc::new(tokio::sync::Notify::new()),
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
+            index_save_lock: tokio::sync::Mutex::new(()),
             index_dirty: AtomicBool::new(false),
         });
         agent.refresh_gauges();
@@ -348,8 +382,7 @@ impl Agent {
         {
             let mut attrs = self.attrs_write();
             for memory in &memories {
-                let entry = attrs.interner.attrs(memory);
-                attrs.by_label.insert(memory.label, entry);
+                attrs.insert(memory);
             }
         }
         self.index_dirty.store(true, Ordering::Release);
@@ -514,11 +547,10 @@ impl Agent {
         {
             let mut attrs = self.attrs_write();
             for memory in &removed {
-                attrs.by_label.remove(&memory.label);
+                attrs.remove(memory.label);
             }
             for memory in &inserts {
-                let entry = attrs.interner.attrs(memory);
-                attrs.by_label.insert(memory.label, entry);
+                attrs.insert(memory);
             }
         }
         self.index_dirty.store(true, Ordering::Release);
@@ -546,7 +578,7 @@ impl Agent {
         };
         self.wake_network();
         self.index.remove(memory.label)?;
-        self.attrs_write().by_label.remove(&memory.label);
+        self.attrs_write().remove(memory.label);
         self.index_dirty.store(true, Ordering::Release);
         self.metrics.memories_deleted.inc();
         self.refresh_gauges();
@@ -681,16 +713,28 @@ impl Agent {
         Ok(self.store.size_on_disk()? + VectorIndex::file_bytes(&self.config.data_dir))
     }
 
-    /// Saves the index if writes happened since the last save.
+    /// Saves the index if writes happened since the last save. Writes go on while it
+    /// serialises: the agent's write lock is held only to read the generation.
     pub async fn save_index_if_dirty(&self) -> Result<bool> {
-        if !self.index_dirty.load(Ordering::Acquire) {
-            return Ok(false);
+        let _saving = self.index_save_lock.lock().await;
+        let generation = {
+            let _guard = self.write_lock.lock().await;
+            if !self.index_dirty.swap(false, Ordering::AcqRel) {
+                return Ok(false);
+            }
+            self.store.generation()?
+        };
+        // Every write up to `generation` updated the index before releasing the write lock, so
+        // the file holds all of them. A write that lands meanwhile may be in it too, but it moved
+        // the store past `generation`, so a later load sees the mismatch and rebuilds instead of
+        // trusting the file; it also marked the index dirty again for the next save.
+        if let Err(error) = self
+            .index
+            .save(&self.config.data_dir, generation, self.embedder.model_id())
+        {
+            self.index_dirty.store(true, Ordering::Release);
+            return Err(error);
         }
-        let _guard = self.write_lock.lock().await;
-        self.index_dirty.store(false, Ordering::Release);
-        let generation = self.store.generation()?;
-        self.index
-            .save(&self.config.data_dir, generation, self.embedder.model_id())?;
         tracing::debug!(generation, size = self.index.len(), "vector index saved");
         Ok(true)
     }
@@ -703,13 +747,16 @@ impl Agent {
     }
 
     pub fn stats(&self) -> Result<Stats> {
-        let mut namespaces = std::collections::BTreeMap::new();
-        for attrs in self.attrs_read().by_label.values() {
-            *namespaces.entry(attrs.namespace.to_string()).or_insert(0) += 1;
-        }
+        let namespaces = self
+            .attrs_read()
+            .namespace_counts
+            .iter()
+            .map(|(namespace, count)| (namespace.to_string(), *count))
+            .collect();
+        let counts = self.store.counts()?;
         Ok(Stats {
-            memories: self.store.len(),
-            tombstones: self.store.tombstone_count(),
+            memories: counts.memories as usize,
+            tombstones: counts.tombstones as usize,
             namespaces,
             index_size: self.index.len(),
             index_memory_bytes: self.index.memory_bytes(),
@@ -726,8 +773,13 @@ impl Agent {
     }
 
     fn refresh_gauges(&self) {
-        self.metrics.memories.set(self.store.len() as i64);
-        self.metrics.tombstones.set(self.store.tombstone_count() as i64);
+        match self.store.counts() {
+            Ok(counts) => {
+                self.metrics.memories.set(counts.memories as i64);
+                self.metrics.tombstones.set(counts.tombstones as i64);
+            }
+            Err(error) => tracing::warn!(%error, "reading the store's counts"),
+        }
         self.metrics.index_size.set(self.index.len() as i64);
         if let Ok(bytes) = self.disk_bytes() {
             self.metrics.disk_bytes.set(bytes as i64);

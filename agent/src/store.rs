@@ -2,9 +2,11 @@
 //! is derived from what is here and can be rebuilt from it.
 //!
 //! Trees: `memories` (id -> record), `by_namespace` (namespace \0 id -> ()), `labels`
-//! (index label -> id), `tombstones` (id -> deletion), `meta` (generation). A write touches
-//! them in one sled transaction and is flushed (fsync) before it is acknowledged. The
+//! (index label -> id), `tombstones` (id -> deletion), `meta` (generation, counts). A write
+//! touches them in one sled transaction and is flushed (fsync) before it is acknowledged. The
 //! generation counter moves with every write, so a saved index can tell whether it is stale.
+//! The counts of live memories and tombstones move in the same transactions, because sled
+//! 0.34's `Tree::len()` walks the whole tree and the gauges are read after every write.
 //! `sync_changes` holds the swarm's CRDT state (murmur-sync's signed changes, key: shard then
 //! a unique sequence number) and is written in the same transactions as the memories it
 //! describes, so the two never disagree after a crash.
@@ -26,6 +28,64 @@ use crate::{
 };
 
 const GENERATION_KEY: &[u8] = b"generation";
+const COUNTS_KEY: &[u8] = b"counts";
+
+/// How many live memories and tombstones the store holds, kept in `meta` by every write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub memories: u64,
+    pub tombstones: u64,
+}
+
+impl Counts {
+    fn encode(self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.memories.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.tombstones.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let memories = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let tombstones = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16).then_some(Self { memories, tombstones })
+    }
+}
+
+/// What one transaction changed in the counts; applied to `meta` before it commits.
+#[derive(Debug, Default)]
+struct CountDelta {
+    memories: i64,
+    tombstones: i64,
+}
+
+impl CountDelta {
+    fn commit(&self, meta: &TransactionalTree) -> TxResult {
+        let current = match meta.get(COUNTS_KEY)? {
+            Some(bytes) => Counts::decode(&bytes).ok_or_else(|| {
+                ConflictableTransactionError::Abort(AgentError::CorruptRecord {
+                    key: "meta/counts".into(),
+                    reason: format!("{} bytes, expected 16", bytes.len()),
+                })
+            })?,
+            None => Counts::default(),
+        };
+        let apply = |count: u64, delta: i64, what: &str| {
+            count.checked_add_signed(delta).ok_or_else(|| {
+                ConflictableTransactionError::Abort(AgentError::CorruptRecord {
+                    key: "meta/counts".into(),
+                    reason: format!("{what} count {count} cannot change by {delta}"),
+                })
+            })
+        };
+        let next = Counts {
+            memories: apply(current.memories, self.memories, "memory")?,
+            tombstones: apply(current.tombstones, self.tombstones, "tombstone")?,
+        };
+        meta.insert(COUNTS_KEY, &next.encode())?;
+        Ok(())
+    }
+}
 
 pub struct Store {
     db: sled::Db,
@@ -68,17 +128,18 @@ fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransact
 
 type TxResult = Result<(), ConflictableTransactionError<AgentError>>;
 
-/// Puts one encoded memory and its namespace and label entries, inside a transaction.
+/// Puts one encoded memory and its namespace and label entries, inside a transaction;
+/// returns whether the id was new to the store.
 fn put_memory(
     trees: (&TransactionalTree, &TransactionalTree, &TransactionalTree),
     memory: &Memory,
     (key, value): &(Vec<u8>, Vec<u8>),
-) -> TxResult {
+) -> Result<bool, ConflictableTransactionError<AgentError>> {
     let (memories, namespaces, labels) = trees;
-    memories.insert(key.as_slice(), value.as_slice())?;
+    let previous = memories.insert(key.as_slice(), value.as_slice())?;
     namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
     labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
-    Ok(())
+    Ok(previous.is_none())
 }
 
 fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
@@ -158,10 +219,14 @@ impl Store {
             &self.sync_changes,
         )
             .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
+                let mut delta = CountDelta::default();
                 for (memory, row) in memories.iter().zip(&encoded) {
-                    put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)?;
+                    if put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)? {
+                        delta.memories += 1;
+                    }
                 }
                 put_rows(tx_changes, &change_rows)?;
+                delta.commit(tx_meta)?;
                 bump_generation(tx_meta)
             })
             .map_err(flatten)?;
@@ -183,10 +248,25 @@ impl Store {
             .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
             .collect();
         let mut removed = Vec::new();
-        for (id, _) in deletes {
-            if let Lookup::Found(memory) = self.get(*id)? {
-                removed.push(memory);
-            }
+        let mut tombstone_rows = Vec::with_capacity(deletes.len());
+        for (id, deleted_at_ms) in deletes {
+            let label = match self.get(*id)? {
+                Lookup::Found(memory) => {
+                    let label = memory.label;
+                    removed.push(memory);
+                    label
+                }
+                // The delete overtook the memory: nothing to remove, and it will never be
+                // shown here.
+                _ => u64::MAX,
+            };
+            tombstone_rows.push(encode_tombstone(
+                id,
+                &Tombstone {
+                    deleted_at_ms: *deleted_at_ms,
+                    label,
+                },
+            )?);
         }
         let change_rows = self.change_rows(changes)?;
         let generation = (
@@ -199,29 +279,29 @@ impl Store {
         )
             .transaction(
                 |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
+                    let mut delta = CountDelta::default();
                     for (memory, row) in inserts.iter().zip(&encoded) {
-                        put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)?;
+                        if put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)? {
+                            delta.memories += 1;
+                        }
                     }
-                    for (id, deleted_at_ms) in deletes {
-                        let label = match removed.iter().find(|m| m.id == *id) {
-                            Some(memory) => {
-                                tx_memories.remove(id.as_bytes())?;
-                                tx_namespaces.remove(namespace_key(&memory.namespace, id))?;
-                                tx_labels.remove(&memory.label.to_be_bytes())?;
-                                memory.label
-                            }
-                            // The delete overtook the memory: nothing to remove, and it will
-                            // never be shown here.
-                            None => u64::MAX,
-                        };
-                        let tombstone = Tombstone {
-                            deleted_at_ms: *deleted_at_ms,
-                            label,
-                        };
-                        let bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
-                        tx_tombstones.insert(id.as_bytes(), bytes)?;
+                    for memory in &removed {
+                        if tx_memories.remove(memory.id.as_bytes())?.is_some() {
+                            delta.memories -= 1;
+                        }
+                        tx_namespaces.remove(namespace_key(&memory.namespace, &memory.id))?;
+                        tx_labels.remove(&memory.label.to_be_bytes())?;
+                    }
+                    for (id, tombstone) in deletes.iter().map(|(id, _)| id).zip(&tombstone_rows) {
+                        if tx_tombstones
+                            .insert(id.as_bytes(), tombstone.as_slice())?
+                            .is_none()
+                        {
+                            delta.tombstones += 1;
+                        }
                     }
                     put_rows(tx_changes, &change_rows)?;
+                    delta.commit(tx_meta)?;
                     bump_generation(tx_meta)
                 },
             )
@@ -261,7 +341,7 @@ impl Store {
             deleted_at_ms: now_ms,
             label: memory.label,
         };
-        let tombstone_bytes = postcard::to_allocvec(&tombstone).unwrap_or_default();
+        let tombstone_bytes = encode_tombstone(&id, &tombstone)?;
         let change_rows = self.change_rows(changes)?;
         let generation = (
             &self.memories,
@@ -279,10 +359,20 @@ impl Store {
                             id.to_string(),
                         )));
                     }
+                    let mut delta = CountDelta {
+                        memories: -1,
+                        tombstones: 0,
+                    };
                     tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
                     tx_labels.remove(&memory.label.to_be_bytes())?;
-                    tx_tombstones.insert(id.as_bytes(), tombstone_bytes.as_slice())?;
+                    if tx_tombstones
+                        .insert(id.as_bytes(), tombstone_bytes.as_slice())?
+                        .is_none()
+                    {
+                        delta.tombstones = 1;
+                    }
                     put_rows(tx_changes, &change_rows)?;
+                    delta.commit(tx_meta)?;
                     bump_generation(tx_meta)
                 },
             )
@@ -381,16 +471,37 @@ impl Store {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.memories.len()
+    /// Live memories and tombstones, as the last committed write left them: no scan.
+    pub fn counts(&self) -> Result<Counts> {
+        match self.meta.get(COUNTS_KEY)? {
+            Some(bytes) => Counts::decode(&bytes).ok_or_else(|| AgentError::CorruptRecord {
+                key: "meta/counts".into(),
+                reason: format!("{} bytes, expected 16", bytes.len()),
+            }),
+            None => Ok(Counts::default()),
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.memories.is_empty()
+    /// Counts by walking the trees: once at open, to check the kept counts (or to write them
+    /// for a store made before they were kept).
+    pub fn count_by_scan(&self) -> Result<Counts> {
+        Ok(Counts {
+            memories: self.memories.len() as u64,
+            tombstones: self.tombstones.len() as u64,
+        })
     }
 
-    pub fn tombstone_count(&self) -> usize {
-        self.tombstones.len()
+    /// Makes the kept counts agree with the trees; returns what they said before, when they
+    /// said something else. Called at open, before any write.
+    pub fn reconcile_counts(&self) -> Result<Option<Counts>> {
+        let scanned = self.count_by_scan()?;
+        let kept = self.meta.get(COUNTS_KEY)?.and_then(|b| Counts::decode(&b));
+        if kept == Some(scanned) {
+            return Ok(None);
+        }
+        self.meta.insert(COUNTS_KEY, &scanned.encode())?;
+        self.db.flush()?;
+        Ok(Some(kept.unwrap_or_default()))
     }
 
     pub fn size_on_disk(&self) -> Result<u64> {
@@ -403,7 +514,108 @@ impl Store {
     }
 }
 
+fn encode_tombstone(id: &Uuid, tombstone: &Tombstone) -> Result<Vec<u8>> {
+    postcard::to_allocvec(tombstone).map_err(|e| AgentError::CorruptRecord {
+        key: format!("tombstones/{id}"),
+        reason: format!("encoding: {e}"),
+    })
+}
+
 fn uuid_suffix(key: &[u8]) -> Uuid {
     let start = key.len().saturating_sub(16);
     Uuid::from_slice(&key[start..]).unwrap_or_else(|_| Uuid::nil())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(id: u128, namespace: &str, label: u64) -> Memory {
+        Memory {
+            id: Uuid::from_u128(id),
+            namespace: namespace.into(),
+            text: format!("memory {id}"),
+            metadata: serde_json::Map::new(),
+            tags: vec![],
+            created_at_ms: 1,
+            author: "00".repeat(32),
+            model_id: "m".into(),
+            vector: vec![0.5, 0.5],
+            label,
+        }
+    }
+
+    fn assert_counts(store: &Store, memories: u64, tombstones: u64) {
+        let expected = Counts { memories, tombstones };
+        assert_eq!(store.counts().unwrap(), expected, "kept counts");
+        assert_eq!(store.count_by_scan().unwrap(), expected, "counts by scan");
+    }
+
+    #[tokio::test]
+    async fn counts_move_with_every_write_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            assert_counts(&store, 0, 0);
+            store
+                .insert(&[memory(1, "a", 1), memory(2, "a", 2), memory(3, "b", 3)], &[])
+                .await
+                .unwrap();
+            assert_counts(&store, 3, 0);
+            // Storing the same memory again (a replayed write) adds nothing.
+            store.insert(&[memory(3, "b", 3)], &[]).await.unwrap();
+            assert_counts(&store, 3, 0);
+            store.delete(Uuid::from_u128(1), 5, &[]).await.unwrap();
+            assert_counts(&store, 2, 1);
+            // From peers: two new memories, a delete of one held here, a delete that overtook
+            // its memory, and a repeated delete of one already gone.
+            let (removed, _) = store
+                .apply_remote(
+                    &[memory(4, "a", 4), memory(5, "c", 5)],
+                    &[
+                        (Uuid::from_u128(2), 6),
+                        (Uuid::from_u128(9), 6),
+                        (Uuid::from_u128(1), 7),
+                    ],
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(removed.len(), 1);
+            assert_counts(&store, 3, 3);
+            assert_eq!(store.reconcile_counts().unwrap(), None, "nothing to fix");
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        assert_counts(&store, 3, 3);
+    }
+
+    #[tokio::test]
+    async fn wrong_or_missing_kept_counts_are_recounted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        store
+            .insert(&[memory(1, "a", 1), memory(2, "a", 2)], &[])
+            .await
+            .unwrap();
+
+        // A store from before the counts were kept has none.
+        store.meta.remove(COUNTS_KEY).unwrap();
+        assert_eq!(store.reconcile_counts().unwrap(), Some(Counts::default()));
+        assert_counts(&store, 2, 0);
+
+        // Wrong ones are reported and replaced.
+        let wrong = Counts {
+            memories: 7,
+            tombstones: 1,
+        };
+        store.meta.insert(COUNTS_KEY, &wrong.encode()).unwrap();
+        assert_eq!(store.reconcile_counts().unwrap(), Some(wrong));
+        assert_counts(&store, 2, 0);
+
+        // Unreadable ones make reads fail with a clear error rather than a guess.
+        store.meta.insert(COUNTS_KEY, b"xyz").unwrap();
+        let error = store.counts().unwrap_err().to_string();
+        assert!(error.contains("meta/counts"), "{error}");
+    }
 }
