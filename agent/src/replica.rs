@@ -110,7 +110,7 @@ impl Replica {
 
     fn load_engine(store: &Store, config: &SyncConfig, key: &SigningKey) -> Result<Engine<PeerKey>> {
         let changes = store.sync_changes()?;
-        Engine::load(config.clone(), key.clone(), seed(), now_ms(), changes).map_err(|e| {
+        Engine::load_trusted(config.clone(), key.clone(), seed(), now_ms(), changes).map_err(|e| {
             AgentError::CorruptRecord {
                 key: "sync_changes".into(),
                 reason: e.to_string(),

@@ -22,7 +22,7 @@ use crate::{
     error::{LoadError, ProtocolError, WriteError},
     id::{AuthorKey, MemoryId},
     message::{MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, SignedChange},
-    record::{MemoryDraft, MemoryRecord, RecordLimits, Tombstone},
+    record::{MemoryDraft, MemoryRecord, RecordLimits, Signatures, Tombstone},
     shard::{
         Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, parse_change, tombstone_key,
     },
@@ -251,6 +251,31 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         now_ms: u64,
         persisted: impl IntoIterator<Item = (u16, SignedChange)>,
     ) -> Result<Self, LoadError> {
+        Self::load_checked(config, key, seed, now_ms, persisted, Signatures::Verify)
+    }
+
+    /// As [`Engine::load`], for a driver whose store holds only what this replica verified
+    /// and persisted itself, behind checksums of its own: signatures are not checked again
+    /// (most of a load's time), but structure, limits, id bindings and every change's chunk
+    /// checksum are, so a damaged byte is still refused.
+    pub fn load_trusted(
+        config: Config,
+        key: SigningKey,
+        seed: u64,
+        now_ms: u64,
+        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
+    ) -> Result<Self, LoadError> {
+        Self::load_checked(config, key, seed, now_ms, persisted, Signatures::Trusted)
+    }
+
+    fn load_checked(
+        config: Config,
+        key: SigningKey,
+        seed: u64,
+        now_ms: u64,
+        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
+        signatures: Signatures,
+    ) -> Result<Self, LoadError> {
         let mut engine = Self::new(config, key, seed, now_ms)
             .map_err(|reason| LoadError::BadChange { shard: 0, reason })?;
         let mut by_shard: BTreeMap<u16, Vec<ValidatedChange>> = BTreeMap::new();
@@ -263,7 +288,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                     reason: "no such shard".into(),
                 })?;
             let validated = target
-                .validate(&change, &engine.rules)
+                .validate(&change, &engine.rules, signatures)
                 .map_err(|reason| LoadError::BadChange { shard, reason })?;
             by_shard.entry(shard).or_default().push(validated);
         }
@@ -657,7 +682,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             }
             out.push(
                 target
-                    .validate_parsed(parsed, change, &self.rules)
+                    .validate_parsed(parsed, change, &self.rules, Signatures::Verify)
                     .map_err(rejected)?,
             );
         }

@@ -21,7 +21,9 @@ pub use message::{
     MAX_CHANGES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, ShardDigest,
     SignedChange, WIRE_VERSION,
 };
-pub use record::{MemoryDraft, MemoryRecord, RecordLimits, Tombstone, may_delete, validate_namespace};
+pub use record::{
+    MemoryDraft, MemoryRecord, RecordLimits, Signatures, Tombstone, may_delete, validate_namespace,
+};
 pub use shard::{MAX_OPS_PER_CHANGE, sign_change};
 
 /// The automerge version this crate's documents and sync messages are made with.

@@ -85,15 +85,23 @@ fn check_reload(net: &Net, config: &Config) {
     for (i, replica) in net.replicas.iter().enumerate() {
         let mut persisted = replica.persisted.clone();
         persisted.reverse(); // order must not matter
+        let trusted: Engine<usize> =
+            Engine::load_trusted(config.clone(), replica.key.clone(), 1, net.now, persisted.clone())
+                .expect("own state loads without re-verifying");
         let reloaded: Engine<usize> =
             Engine::load(config.clone(), replica.key.clone(), 1, net.now, persisted)
                 .expect("own state loads");
-        assert_eq!(
-            reloaded.root_digest(),
-            replica.engine.root_digest(),
-            "replica {i} reloaded differently"
-        );
-        assert!(reloaded.visible_ids().eq(replica.engine.visible_ids()));
+        for (how, engine) in [("verified", &reloaded), ("trusted", &trusted)] {
+            assert_eq!(
+                engine.root_digest(),
+                replica.engine.root_digest(),
+                "replica {i} reloaded ({how}) differently"
+            );
+            assert!(engine.visible_ids().eq(replica.engine.visible_ids()));
+            for id in replica.engine.visible_ids() {
+                assert_eq!(engine.memory(id), replica.engine.memory(id), "{how}: memory {id}");
+            }
+        }
     }
 }
 

@@ -319,3 +319,31 @@ fn a_large_batch_is_split_into_changes_that_each_fit_a_message() {
     );
     assert_eq!(reader.visible_count(), 20);
 }
+
+#[test]
+fn a_stored_change_with_a_flipped_byte_is_refused_by_a_trusted_load() {
+    let world = world();
+    let key = common::key_for(1, 1);
+    let intact = vec![(shard(&world), world.a_change.clone())];
+    let loaded: Engine<usize> =
+        Engine::load_trusted(world.config.clone(), key.clone(), 1, 20, intact).expect("intact store loads");
+    assert_eq!(loaded.root_digest(), world.b.root_digest());
+
+    // Flip one bit of the memory's text inside the stored change, keeping it valid UTF-8 so
+    // only the chunk checksum can tell.
+    let text = world.record.text.as_bytes();
+    let at = world
+        .a_change
+        .bytes
+        .windows(text.len())
+        .position(|w| w == text)
+        .expect("the text is stored verbatim in the change");
+    let mut damaged = world.a_change.clone();
+    damaged.bytes[at] ^= 0x01;
+    let error =
+        Engine::<usize>::load_trusted(world.config.clone(), key, 1, 20, vec![(shard(&world), damaged)])
+            .err()
+            .expect("a damaged store is refused")
+            .to_string();
+    assert!(error.contains("checksum"), "{error}");
+}
