@@ -23,6 +23,8 @@ import urllib.request
 
 import numpy as np
 
+from disk import du
+
 WORDS = (
     "forklift battery bay sensor camera pallet aisle robot charge low high door gate dock "
     "temperature humidity motor belt conveyor shelf scanner label order shipment inbound "
@@ -49,17 +51,6 @@ def request(url, body=None, timeout=600):
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as response:
         return json.loads(response.read())
-
-
-def du(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 def rss_kib(pid):

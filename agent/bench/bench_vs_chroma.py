@@ -26,6 +26,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "models", "tools"))
+from disk import du  # noqa: E402
 from pyembed import PyEmbedder, cache_dir  # noqa: E402
 
 BATCH = 64
@@ -60,17 +61,6 @@ def percentile(values, p):
 
 def recall(results, truth):
     return sum(len(set(r[:K]) & set(t)) for r, t in zip(results, truth)) / (K * len(truth))
-
-
-def du(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 def peak_rss_kib(pid):

@@ -9,7 +9,7 @@ use std::sync::{
 
 use murmur_sync::{
     AuthorKey, Config as SyncConfig, Engine, Event, MemoryDraft, MemoryId, MemoryRecord, Persist,
-    RecordLimits, SigningKey, Tombstone, Transmit, WriteError,
+    RecordLimits, Signatures, SigningKey, Tombstone, Transmit, WriteError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -110,11 +110,17 @@ impl Replica {
 
     fn load_engine(store: &Store, config: &SyncConfig, key: &SigningKey) -> Result<Engine<PeerKey>> {
         let changes = store.sync_changes()?;
-        Engine::load_trusted(config.clone(), key.clone(), seed(), now_ms(), changes).map_err(|e| {
-            AgentError::CorruptRecord {
-                key: "sync_changes".into(),
-                reason: e.to_string(),
-            }
+        Engine::load(
+            config.clone(),
+            key.clone(),
+            seed(),
+            now_ms(),
+            changes,
+            Signatures::Trusted,
+        )
+        .map_err(|e| AgentError::CorruptRecord {
+            key: "sync_changes".into(),
+            reason: e.to_string(),
         })
     }
 

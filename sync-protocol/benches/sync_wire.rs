@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use murmur_sync::{
-    Config, Destination, Engine, MemoryDraft, MemoryRecord, Message, SignedChange, SigningKey,
+    Config, Destination, Engine, MemoryDraft, MemoryRecord, Message, Signatures, SignedChange, SigningKey,
     automerge::{Automerge, Change},
 };
 
@@ -246,7 +246,15 @@ fn main() {
     }
     drain(&mut source);
     let start = Instant::now();
-    let loaded: Engine<u8> = Engine::load(config.clone(), key(21), 21, 0, changes.clone()).unwrap();
+    let loaded: Engine<u8> = Engine::load(
+        config.clone(),
+        key(21),
+        21,
+        0,
+        changes.clone(),
+        Signatures::Verify,
+    )
+    .unwrap();
     let ours = start.elapsed().as_secs_f64();
     assert_eq!(loaded.visible_count(), n);
     let start = Instant::now();

@@ -241,34 +241,13 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         Ok(engine)
     }
 
-    /// Rebuilds a replica from the changes its driver persisted (in any order). Changes are
-    /// re-verified, so a tampered store is refused rather than trusted. No events are emitted:
-    /// the driver already holds what it persisted.
+    /// Rebuilds a replica from the changes its driver persisted (in any order). No events are
+    /// emitted: the driver already holds what it persisted. Structure, limits and id bindings
+    /// are always checked. `Signatures::Verify` re-checks every signature, for storage others
+    /// could write; `Signatures::Trusted` skips that for a driver's own store, which holds only
+    /// what this replica verified on receipt, and checks each change's chunk checksum instead,
+    /// so a damaged byte is refused either way.
     pub fn load(
-        config: Config,
-        key: SigningKey,
-        seed: u64,
-        now_ms: u64,
-        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
-    ) -> Result<Self, LoadError> {
-        Self::load_checked(config, key, seed, now_ms, persisted, Signatures::Verify)
-    }
-
-    /// As [`Engine::load`], for a driver whose store holds only what this replica verified
-    /// and persisted itself, behind checksums of its own: signatures are not checked again
-    /// (most of a load's time), but structure, limits, id bindings and every change's chunk
-    /// checksum are, so a damaged byte is still refused.
-    pub fn load_trusted(
-        config: Config,
-        key: SigningKey,
-        seed: u64,
-        now_ms: u64,
-        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
-    ) -> Result<Self, LoadError> {
-        Self::load_checked(config, key, seed, now_ms, persisted, Signatures::Trusted)
-    }
-
-    fn load_checked(
         config: Config,
         key: SigningKey,
         seed: u64,

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Faults, Net};
-use murmur_sync::{Config, Engine, MemoryId, MessageKind};
+use murmur_sync::{Config, Engine, MemoryId, MessageKind, Signatures};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -85,12 +85,24 @@ fn check_reload(net: &Net, config: &Config) {
     for (i, replica) in net.replicas.iter().enumerate() {
         let mut persisted = replica.persisted.clone();
         persisted.reverse(); // order must not matter
-        let trusted: Engine<usize> =
-            Engine::load_trusted(config.clone(), replica.key.clone(), 1, net.now, persisted.clone())
-                .expect("own state loads without re-verifying");
-        let reloaded: Engine<usize> =
-            Engine::load(config.clone(), replica.key.clone(), 1, net.now, persisted)
-                .expect("own state loads");
+        let trusted: Engine<usize> = Engine::load(
+            config.clone(),
+            replica.key.clone(),
+            1,
+            net.now,
+            persisted.clone(),
+            Signatures::Trusted,
+        )
+        .expect("own state loads without re-verifying");
+        let reloaded: Engine<usize> = Engine::load(
+            config.clone(),
+            replica.key.clone(),
+            1,
+            net.now,
+            persisted,
+            Signatures::Verify,
+        )
+        .expect("own state loads");
         for (how, engine) in [("verified", &reloaded), ("trusted", &trusted)] {
             assert_eq!(
                 engine.root_digest(),

@@ -4,7 +4,8 @@
 mod common;
 
 use murmur_sync::{
-    Config, Engine, Event, MemoryRecord, Message, ProtocolError, SignedChange, SigningKey, Tombstone,
+    Config, Engine, Event, MemoryRecord, Message, ProtocolError, Signatures, SignedChange, SigningKey,
+    Tombstone,
     automerge::{
         self, ActorId, Automerge, Change, ROOT, ScalarValue,
         sync::{self, ChunkList},
@@ -325,8 +326,15 @@ fn a_stored_change_with_a_flipped_byte_is_refused_by_a_trusted_load() {
     let world = world();
     let key = common::key_for(1, 1);
     let intact = vec![(shard(&world), world.a_change.clone())];
-    let loaded: Engine<usize> =
-        Engine::load_trusted(world.config.clone(), key.clone(), 1, 20, intact).expect("intact store loads");
+    let loaded: Engine<usize> = Engine::load(
+        world.config.clone(),
+        key.clone(),
+        1,
+        20,
+        intact,
+        Signatures::Trusted,
+    )
+    .expect("intact store loads");
     assert_eq!(loaded.root_digest(), world.b.root_digest());
 
     // Flip one bit of the memory's text inside the stored change, keeping it valid UTF-8 so
@@ -340,10 +348,16 @@ fn a_stored_change_with_a_flipped_byte_is_refused_by_a_trusted_load() {
         .expect("the text is stored verbatim in the change");
     let mut damaged = world.a_change.clone();
     damaged.bytes[at] ^= 0x01;
-    let error =
-        Engine::<usize>::load_trusted(world.config.clone(), key, 1, 20, vec![(shard(&world), damaged)])
-            .err()
-            .expect("a damaged store is refused")
-            .to_string();
+    let error = Engine::<usize>::load(
+        world.config.clone(),
+        key,
+        1,
+        20,
+        vec![(shard(&world), damaged)],
+        Signatures::Trusted,
+    )
+    .err()
+    .expect("a damaged store is refused")
+    .to_string();
     assert!(error.contains("checksum"), "{error}");
 }

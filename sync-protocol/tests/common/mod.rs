@@ -6,7 +6,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use murmur_sync::{Config, Destination, Engine, Event, MemoryDraft, MemoryId, SignedChange, SigningKey};
+use murmur_sync::{
+    Config, Destination, Engine, Event, MemoryDraft, MemoryId, Signatures, SignedChange, SigningKey,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -233,8 +235,15 @@ impl Net {
         let config = self.replicas[i].engine.config().clone();
         let persisted = self.replicas[i].persisted.clone();
         let seed = self.rng.u64(..);
-        let mut engine = Engine::load(config, self.replicas[i].key.clone(), seed, self.now, persisted)
-            .expect("own state loads");
+        let mut engine = Engine::load(
+            config,
+            self.replicas[i].key.clone(),
+            seed,
+            self.now,
+            persisted,
+            Signatures::Verify,
+        )
+        .expect("own state loads");
         for j in (0..self.replicas.len()).filter(|&j| j != i) {
             engine.peer_connected(self.now, j);
         }
