@@ -117,6 +117,7 @@ impl Replica {
             now_ms(),
             changes,
             Signatures::Trusted,
+            |_| true,
         )
         .map_err(|e| AgentError::CorruptRecord {
             key: "sync_changes".into(),

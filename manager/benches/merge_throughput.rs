@@ -96,7 +96,9 @@ fn in_process_apply(changes: &[Persist]) -> Duration {
     }
     let started = Instant::now();
     for (shard, changes) in by_shard {
-        engine.apply_stored(shard, changes).expect("valid changes");
+        engine
+            .apply_stored(shard, changes, Vec::new())
+            .expect("valid changes");
         while engine.poll_persist().is_some() {}
         while engine.poll_event().is_some() {}
     }

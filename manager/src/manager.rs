@@ -227,7 +227,7 @@ impl Manager {
             let mut engine = self.engine();
             for (shard, changes) in by_shard {
                 stored.extend(changes.iter().map(change_id));
-                if let Err(error) = engine.apply_stored(shard, changes) {
+                if let Err(error) = engine.apply_stored(shard, changes, Vec::new()) {
                     // Another writer's bad segment must not stop this manager; its changes
                     // are left out (and counted) rather than trusted.
                     self.metrics.bucket_changes_refused.inc();

@@ -221,9 +221,9 @@ fn main() {
                     shards: config.shards,
                     root: [0; 16]
                 }
-                .encode()
+                .encode(config.format)
                 .len(),
-                reply.encode().len()
+                reply.encode(config.format).len()
             );
         }
     }
@@ -253,6 +253,7 @@ fn main() {
         0,
         changes.clone(),
         Signatures::Verify,
+        |_| true,
     )
     .unwrap();
     let ours = start.elapsed().as_secs_f64();

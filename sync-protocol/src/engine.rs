@@ -5,7 +5,10 @@
 //!
 //! Driver contract: drain `poll_persist` and make it durable before sending what
 //! `poll_transmit` returns or acknowledging a local write, so nothing a peer or a user was told
-//! about can be lost in a crash.
+//! about can be lost in a crash. Where bodies travel by hash ([`Format::BodiesByHash`]) the
+//! driver also keeps the bodies: it stores the record of each `MemoryAdded` event (by the same
+//! rule), erases it on `MemoryDeleted`, and answers each [`BodyRequest`] from what it holds with
+//! [`Engine::answer_bodies`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -19,9 +22,13 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, trace, warn};
 
 use crate::{
+    entry::MemoryEntry,
     error::{LoadError, ProtocolError, WriteError},
     id::{AuthorKey, MemoryId},
-    message::{MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, SignedChange},
+    message::{
+        Format, MAX_BODIES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest,
+        SignedChange,
+    },
     record::{MemoryDraft, MemoryRecord, RecordLimits, Signatures, Tombstone},
     shard::{
         Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, parse_change, tombstone_key,
@@ -43,6 +50,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Pushed changes held while their dependencies are missing; the oldest go first.
     pub max_pending_changes: usize,
+    /// Where memory bodies live. Swarm-wide: it is the wire version.
+    pub format: Format,
 }
 
 impl Default for Config {
@@ -54,6 +63,7 @@ impl Default for Config {
             anti_entropy_interval_ms: 2_000,
             max_message_bytes: 4 * 1024 * 1024,
             max_pending_changes: 4096,
+            format: Format::default(),
         }
     }
 }
@@ -103,6 +113,14 @@ pub enum Event {
     },
 }
 
+/// Peer `peer` asked for the bodies of these memories, all shown here when it asked. The driver
+/// answers with [`Engine::answer_bodies`] and what of them it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRequest<P> {
+    pub peer: P,
+    pub ids: Vec<MemoryId>,
+}
+
 /// A change now part of this replica's state, for the driver to store durably.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persist {
@@ -112,17 +130,23 @@ pub struct Persist {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub messages_in: [u64; 5],
-    pub bytes_in: [u64; 5],
-    pub messages_out: [u64; 5],
-    pub bytes_out: [u64; 5],
+    pub messages_in: [u64; KINDS],
+    pub bytes_in: [u64; KINDS],
+    pub messages_out: [u64; KINDS],
+    pub bytes_out: [u64; KINDS],
     pub messages_rejected: u64,
     pub changes_applied: u64,
     pub changes_pending: u64,
     pub changes_dropped_pending: u64,
     pub rounds_started: u64,
     pub rounds_in_sync: u64,
+    /// Bodies received and shown ([`Format::BodiesByHash`]).
+    pub bodies_received: u64,
+    /// Bodies sent in answer to peers' requests.
+    pub bodies_sent: u64,
 }
+
+const KINDS: usize = MessageKind::ALL.len();
 
 impl Stats {
     pub fn messages_in(&self, kind: MessageKind) -> u64 {
@@ -195,6 +219,10 @@ pub struct Engine<P> {
     root: RootDigest,
     visible: BTreeSet<MemoryId>,
     deleted: BTreeSet<MemoryId>,
+    /// Entries whose bodies have not arrived ([`Format::BodiesByHash`]): asked for from the
+    /// peer that sent the entries, and again at each round until one answers.
+    awaiting: BTreeSet<MemoryId>,
+    body_requests: VecDeque<BodyRequest<P>>,
     peers: BTreeMap<P, PeerState>,
     pending: VecDeque<(u16, ValidatedChange)>,
     transmits: VecDeque<Transmit<P>>,
@@ -219,6 +247,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 limits: config.limits,
                 admins: config.admins.clone(),
                 shards: config.shards,
+                format: config.format,
             },
             config,
             key,
@@ -228,6 +257,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             root: [0; 16],
             visible: BTreeSet::new(),
             deleted: BTreeSet::new(),
+            awaiting: BTreeSet::new(),
+            body_requests: VecDeque::new(),
             peers: BTreeMap::new(),
             pending: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -246,7 +277,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     /// are always checked. `Signatures::Verify` re-checks every signature, for storage others
     /// could write; `Signatures::Trusted` skips that for a driver's own store, which holds only
     /// what this replica verified on receipt, and checks each change's chunk checksum instead,
-    /// so a damaged byte is refused either way.
+    /// so a damaged byte is refused either way. Where bodies travel by hash, `held` says which
+    /// memories' bodies the driver holds: the others are asked for from peers.
     pub fn load(
         config: Config,
         key: SigningKey,
@@ -254,6 +286,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         now_ms: u64,
         persisted: impl IntoIterator<Item = (u16, SignedChange)>,
         signatures: Signatures,
+        held: impl Fn(&MemoryId) -> bool,
     ) -> Result<Self, LoadError> {
         let mut engine = Self::new(config, key, seed, now_ms)
             .map_err(|reason| LoadError::BadChange { shard: 0, reason })?;
@@ -291,6 +324,11 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 engine.note_effects(&change.effects, false);
             }
         }
+        let held: Vec<MemoryId> = engine.awaiting.iter().filter(|id| held(id)).copied().collect();
+        for id in held {
+            engine.awaiting.remove(&id);
+            engine.visible.insert(id);
+        }
         engine.refresh_root();
         Ok(engine)
     }
@@ -324,9 +362,20 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.deleted.contains(id)
     }
 
-    /// A visible memory, read back from the shard document (and verified again).
+    /// Memories whose entries are here but whose bodies have not arrived.
+    pub fn awaiting_bodies(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// What the documents say of memory `id` (deleted or not): author, nonce, body hash.
+    pub fn entry(&self, id: &MemoryId) -> Option<MemoryEntry> {
+        self.shards[id.shard(self.config.shards) as usize].entry(id, &self.rules)
+    }
+
+    /// A visible memory, read back from the shard document (and verified again). Only in
+    /// [`Format::InlineBodies`]: otherwise the driver holds the bodies and this is `None`.
     pub fn memory(&self, id: &MemoryId) -> Option<MemoryRecord> {
-        if !self.visible.contains(id) {
+        if !self.visible.contains(id) || self.config.format != Format::InlineBodies {
             return None;
         }
         let shard = &self.shards[id.shard(self.config.shards) as usize];
@@ -364,15 +413,21 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 &self.config.limits,
             )?);
         }
-        let mut by_shard: BTreeMap<u16, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        // Per shard: (document key, document value, the body that travels beside it).
+        let mut by_shard: BTreeMap<u16, Vec<DocumentWrite>> = BTreeMap::new();
         for (record, bytes) in &signed {
+            let (value, body) = match self.config.format {
+                Format::InlineBodies => (bytes.clone(), Vec::new()),
+                Format::BodiesByHash => (MemoryEntry::of(record, bytes).encode(), bytes.clone()),
+            };
             by_shard
                 .entry(record.id.shard(self.config.shards))
                 .or_default()
-                .push((memory_key(&record.id), bytes.clone()));
+                .push((memory_key(&record.id), value, body));
         }
-        // A change must fit in one message with room to spare, whatever the batch.
+        // A push (change and bodies) must fit in one message with room to spare.
         let budget = self.config.max_message_bytes / 2;
+        let cost = |(_, value, body): &DocumentWrite| value.len() + body.len() + 128;
         for (shard, entries) in by_shard {
             let mut start = 0;
             while start < entries.len() {
@@ -380,19 +435,35 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 let mut size = 0;
                 while end < entries.len()
                     && end - start < MAX_OPS_PER_CHANGE
-                    && (end == start || size + entries[end].1.len() + 128 <= budget)
+                    && (end == start || size + cost(&entries[end]) <= budget)
                 {
-                    size += entries[end].1.len() + 128;
+                    size += cost(&entries[end]);
                     end += 1;
                 }
-                self.commit_local(now_ms, shard, &entries[start..end])?;
+                let batch = &entries[start..end];
+                let values: Vec<(String, Vec<u8>)> =
+                    batch.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
+                let bodies: Vec<Vec<u8>> = batch
+                    .iter()
+                    .filter(|(_, _, body)| !body.is_empty())
+                    .map(|(_, _, body)| body.clone())
+                    .collect();
+                self.commit_local(now_ms, shard, &values, bodies)?;
                 start = end;
             }
         }
-        let records: Vec<MemoryRecord> = signed.into_iter().map(|(r, _)| r).collect();
-        let effects: Vec<Effect> = records.iter().cloned().map(Effect::Memory).collect();
+        let effects: Vec<Effect> = signed
+            .iter()
+            .map(|(record, bytes)| match self.config.format {
+                Format::InlineBodies => Effect::Memory(record.clone()),
+                Format::BodiesByHash => Effect::Entry {
+                    entry: MemoryEntry::of(record, bytes),
+                    body: Some(Box::new(record.clone())),
+                },
+            })
+            .collect();
         self.note_effects(&effects, true);
-        Ok(records)
+        Ok(signed.into_iter().map(|(r, _)| r).collect())
     }
 
     /// Deletes a memory this replica holds, if this replica's key may (author or admin).
@@ -400,12 +471,23 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         if self.deleted.contains(id) {
             return Err(WriteError::AlreadyDeleted(id.to_string()));
         }
-        let memory = self
-            .memory(id)
+        // Where bodies travel by hash, a memory whose body has not arrived can be deleted too:
+        // the entry holds all a tombstone names.
+        let known = self.visible.contains(id) || self.awaiting.contains(id);
+        let entry = self
+            .entry(id)
+            .filter(|_| known)
             .ok_or_else(|| WriteError::UnknownMemory(id.to_string()))?;
-        let (tombstone, bytes) = Tombstone::sign(&memory, &self.key, now_ms, &self.config.admins)?;
+        let (tombstone, bytes) = Tombstone::sign_for(
+            entry.id,
+            entry.author,
+            entry.nonce,
+            &self.key,
+            now_ms,
+            &self.config.admins,
+        )?;
         let shard = id.shard(self.config.shards);
-        self.commit_local(now_ms, shard, &[(tombstone_key(id), bytes)])?;
+        self.commit_local(now_ms, shard, &[(tombstone_key(id), bytes)], Vec::new())?;
         self.note_effects(&[Effect::Tombstone(tombstone.clone())], true);
         Ok(tombstone)
     }
@@ -481,14 +563,18 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 max: self.config.max_message_bytes,
             });
         }
-        let message = Message::decode(bytes, self.config.max_message_bytes)?;
+        let message = Message::decode(bytes, self.config.max_message_bytes, self.config.format)?;
         let kind = message.kind();
         trace!(?peer, kind = kind.as_str(), len = bytes.len(), "message in");
         if !self.peers.contains_key(peer) {
             self.peer_connected(now_ms, peer.clone());
         }
         match message {
-            Message::Push { shard, changes } => self.on_push(shard, changes)?,
+            Message::Push {
+                shard,
+                changes,
+                bodies,
+            } => self.on_push(shard, changes, bodies)?,
             Message::DigestProbe { round, shards, root } => {
                 self.on_probe(now_ms, peer, round, shards, root)?
             }
@@ -506,6 +592,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 message,
                 signatures,
             } => self.on_sync(now_ms, peer, shard, &message, &signatures)?,
+            Message::WantBodies { ids } => self.on_want_bodies(peer, ids),
+            Message::Bodies { records } => self.on_bodies(records)?,
         }
         if matches!(kind, MessageKind::DigestProbe | MessageKind::DigestReply) {
             // A new round: whatever happened before, the conversation starts afresh.
@@ -523,11 +611,40 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     }
 
     /// Changes another replica persisted in storage this one shares (the managers' common
-    /// bucket): verified and applied as a push would be. What applies is reported as events
-    /// and handed to `poll_persist` like any other change; the driver can skip storing those
-    /// it read from storage.
-    pub fn apply_stored(&mut self, shard: u16, changes: Vec<SignedChange>) -> Result<(), ProtocolError> {
-        self.on_push(shard, changes)
+    /// bucket), with the bodies stored beside them: verified and applied as a push would be.
+    /// What applies is reported as events and handed to `poll_persist` like any other change;
+    /// the driver can skip storing those it read from storage.
+    pub fn apply_stored(
+        &mut self,
+        shard: u16,
+        changes: Vec<SignedChange>,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        self.on_push(shard, changes, bodies)
+    }
+
+    /// Sends `peer` the bodies it asked for in a [`BodyRequest`], as many messages as the size
+    /// limit needs. Bodies of memories deleted since are left out: a deleted body never
+    /// travels again.
+    pub fn answer_bodies(&mut self, peer: &P, bodies: impl IntoIterator<Item = Vec<u8>>) {
+        let budget = self.config.max_message_bytes / 2;
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for body in bodies {
+            if !MemoryRecord::id_in(&body).is_some_and(|id| self.visible.contains(&id)) {
+                continue;
+            }
+            if !batch.is_empty() && (size + body.len() + 8 > budget || batch.len() >= MAX_BODIES_PER_MESSAGE)
+            {
+                self.send_bodies(peer, std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += body.len() + 8;
+            batch.push(body);
+        }
+        if !batch.is_empty() {
+            self.send_bodies(peer, batch);
+        }
     }
 
     /// Runs what is due: an anti-entropy round with one random peer.
@@ -537,6 +654,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         let interval = self.config.anti_entropy_interval_ms;
         self.next_round_at_ms = now_ms + interval / 2 + self.rng.u64(0..=interval);
+        self.retry_bodies();
         let idle: Vec<P> = self
             .peers
             .iter()
@@ -565,7 +683,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             state.fruitless_syncs = 0;
         }
         self.stats.rounds_started += 1;
-        debug!(?peer, round, "anti-entropy round");
+        debug!(?peer, round, awaiting = self.awaiting.len(), "anti-entropy round");
         self.send(
             Destination::Peer(peer),
             Message::DigestProbe {
@@ -590,6 +708,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.persists.pop_front()
     }
 
+    pub fn poll_body_request(&mut self) -> Option<BodyRequest<P>> {
+        self.body_requests.pop_front()
+    }
+
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> u64 {
         self.next_round_at_ms
@@ -602,6 +724,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         now_ms: u64,
         shard: u16,
         entries: &[(String, Vec<u8>)],
+        bodies: Vec<Vec<u8>>,
     ) -> Result<(), WriteError> {
         let change = self.shards[shard as usize]
             .commit_local(entries, now_ms, &self.key)
@@ -617,14 +740,54 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             Message::Push {
                 shard,
                 changes: vec![change],
+                bodies,
             },
         );
         Ok(())
     }
 
+    /// Asks a random peer, busy or not, for bodies an earlier request did not bring (lost, or
+    /// that peer lacked them too). Not only idle peers: a replica whose peers keep probing it
+    /// is never idle itself, and would otherwise never ask again.
+    fn retry_bodies(&mut self) {
+        if self.awaiting.is_empty() || self.peers.is_empty() {
+            return;
+        }
+        let pick = self.rng.usize(..self.peers.len());
+        let Some(peer) = self.peers.keys().nth(pick).cloned() else {
+            return;
+        };
+        let retry: Vec<MemoryId> = self
+            .awaiting
+            .iter()
+            .take(MAX_BODIES_ASKED_PER_ROUND)
+            .copied()
+            .collect();
+        self.want_bodies(&peer, retry);
+    }
+
+    fn send_bodies(&mut self, peer: &P, records: Vec<Vec<u8>>) {
+        self.stats.bodies_sent += records.len() as u64;
+        self.send(Destination::Peer(peer.clone()), Message::Bodies { records });
+    }
+
+    /// Asks `peer` for bodies, in messages of at most the size limit.
+    fn want_bodies(&mut self, peer: &P, ids: Vec<MemoryId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let per_message = (self.config.max_message_bytes / 2 / 16).clamp(1, MAX_BODIES_PER_MESSAGE);
+        for part in ids.chunks(per_message) {
+            self.send(
+                Destination::Peer(peer.clone()),
+                Message::WantBodies { ids: part.to_vec() },
+            );
+        }
+    }
+
     fn send(&mut self, to: Destination<P>, message: Message) {
         let kind = message.kind();
-        let bytes = message.encode();
+        let bytes = message.encode(self.config.format);
         self.stats.messages_out[kind.index()] += 1;
         self.stats.bytes_out[kind.index()] += bytes.len() as u64;
         self.transmits.push_back(Transmit { to, kind, bytes });
@@ -668,9 +831,64 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         Ok(out)
     }
 
-    fn on_push(&mut self, shard: u16, changes: Vec<SignedChange>) -> Result<(), ProtocolError> {
+    /// Pairs each body with the entry it belongs to: one in `fresh` (attached to it) or one
+    /// already in the shard (returned, to show once the message is accepted). A body that
+    /// belongs to neither, or does not match, refuses the message.
+    fn attach_bodies(
+        &self,
+        index: usize,
+        fresh: &mut [ValidatedChange],
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<(MemoryEntry, MemoryRecord)>, ProtocolError> {
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.config.format == Format::InlineBodies {
+            return Err(ProtocolError::RejectedBody(
+                "bodies beside changes that hold their records".into(),
+            ));
+        }
+        let mut known = Vec::new();
+        for bytes in bodies {
+            let record = MemoryRecord::decode_verified(&bytes, &self.config.limits)
+                .map_err(|e| ProtocolError::RejectedBody(e.to_string()))?;
+            let slot = fresh
+                .iter_mut()
+                .flat_map(|c| c.effects.iter_mut())
+                .find_map(|effect| match effect {
+                    Effect::Entry { entry, body } if entry.id == record.id => Some((*entry, body)),
+                    _ => None,
+                });
+            match slot {
+                Some((entry, body)) => {
+                    entry
+                        .check_body(&record, &bytes)
+                        .map_err(|e| ProtocolError::RejectedBody(e.to_string()))?;
+                    *body = Some(Box::new(record));
+                }
+                None => {
+                    let entry = self.shards[index].entry(&record.id, &self.rules).ok_or_else(|| {
+                        ProtocolError::RejectedBody(format!("no entry in this shard for {}", record.id))
+                    })?;
+                    entry
+                        .check_body(&record, &bytes)
+                        .map_err(|e| ProtocolError::RejectedBody(e.to_string()))?;
+                    known.push((entry, record));
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    fn on_push(
+        &mut self,
+        shard: u16,
+        changes: Vec<SignedChange>,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
         let index = self.shard_index(shard)?;
-        let fresh = self.validate_all(index, &changes)?;
+        let mut fresh = self.validate_all(index, &changes)?;
+        let known = self.attach_bodies(index, &mut fresh, bodies)?;
         let mut candidates: Vec<ValidatedChange> = Vec::new();
         let mut others = VecDeque::new();
         for (s, change) in self.pending.drain(..) {
@@ -686,6 +904,56 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let ready_changes: Vec<ValidatedChange> = ready.iter().map(|&i| candidates[i].clone()).collect();
         self.apply_validated(index, &ready_changes)?;
         self.hold_pending(shard, waiting.into_iter().map(|i| candidates[i].clone()));
+        self.show_bodies(known);
+        Ok(())
+    }
+
+    fn show_bodies(&mut self, bodies: Vec<(MemoryEntry, MemoryRecord)>) {
+        let effects: Vec<Effect> = bodies
+            .into_iter()
+            .map(|(entry, record)| Effect::Entry {
+                entry,
+                body: Some(Box::new(record)),
+            })
+            .collect();
+        self.note_effects(&effects, true);
+    }
+
+    fn on_want_bodies(&mut self, peer: &P, mut ids: Vec<MemoryId>) {
+        ids.retain(|id| self.visible.contains(id));
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            self.body_requests.push_back(BodyRequest {
+                peer: peer.clone(),
+                ids,
+            });
+        }
+    }
+
+    /// Bodies a peer sent in answer to our request. All are checked before any is shown, so
+    /// a bad one refuses the message whole; those already held or deleted are skipped unread.
+    fn on_bodies(&mut self, records: Vec<Vec<u8>>) -> Result<(), ProtocolError> {
+        let mut accepted = Vec::new();
+        for bytes in records {
+            let Some(id) = MemoryRecord::id_in(&bytes) else {
+                return Err(ProtocolError::RejectedBody("not a memory record".into()));
+            };
+            if self.visible.contains(&id) || self.deleted.contains(&id) {
+                continue;
+            }
+            let record = MemoryRecord::decode_verified(&bytes, &self.config.limits)
+                .map_err(|e| ProtocolError::RejectedBody(format!("{id}: {e}")))?;
+            let entry = self
+                .entry(&id)
+                .ok_or_else(|| ProtocolError::RejectedBody(format!("no entry for {id}")))?;
+            entry
+                .check_body(&record, &bytes)
+                .map_err(|e| ProtocolError::RejectedBody(e.to_string()))?;
+            accepted.push((entry, record));
+        }
+        self.stats.bodies_received += accepted.len() as u64;
+        self.show_bodies(accepted);
         Ok(())
     }
 
@@ -734,7 +1002,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.refresh_root();
         // Pushes that were waiting on these may now apply.
         if self.pending.iter().any(|(s, _)| *s as usize == index) {
-            let _ = self.on_push(index as u16, Vec::new());
+            let _ = self.on_push(index as u16, Vec::new(), Vec::new());
         }
     }
 
@@ -747,7 +1015,25 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                             .push_back(Event::MemoryAdded(Box::new(record.clone())));
                     }
                 }
+                Effect::Entry { entry, body } => {
+                    if self.deleted.contains(&entry.id) || self.visible.contains(&entry.id) {
+                        continue;
+                    }
+                    match body {
+                        Some(record) => {
+                            self.awaiting.remove(&entry.id);
+                            self.visible.insert(entry.id);
+                            if emit {
+                                self.events.push_back(Event::MemoryAdded(record.clone()));
+                            }
+                        }
+                        None => {
+                            self.awaiting.insert(entry.id);
+                        }
+                    }
+                }
                 Effect::Tombstone(t) => {
+                    self.awaiting.remove(&t.id);
                     if self.deleted.insert(t.id) {
                         self.visible.remove(&t.id);
                         if emit {
@@ -951,6 +1237,16 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         let progress = !accepted.is_empty();
         if progress {
             self.after_apply(index, &accepted);
+            // Entries came without bodies: the peer that sent them has them.
+            let wanted: Vec<MemoryId> = accepted
+                .iter()
+                .flat_map(|c| c.effects.iter())
+                .filter_map(|effect| match effect {
+                    Effect::Entry { entry, .. } if self.awaiting.contains(&entry.id) => Some(entry.id),
+                    _ => None,
+                })
+                .collect();
+            self.want_bodies(peer, wanted);
         }
         if let Some(state) = self.peers.get_mut(peer) {
             state.fruitless_syncs = if progress {
@@ -1052,6 +1348,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     }
 }
 
+/// Bodies asked for again at each round at most: a retry, kept small; entries that arrive by
+/// anti-entropy have their bodies asked for at once, in full.
+const MAX_BODIES_ASKED_PER_ROUND: usize = 1024;
+
 /// Dependencies asked for per peer and shard at most: a peer sending changes with made-up
 /// dependencies must not grow our state or our messages without bound.
 const MAX_WANTED_PER_SHARD: usize = 256;
@@ -1059,6 +1359,10 @@ const MAX_WANTED_PER_SHARD: usize = 256;
 /// Sync messages in a row that apply nothing before a conversation no longer counts as
 /// running: exchanging heads and bloom filters takes two or three.
 const FRUITLESS_SYNCS_BEFORE_STALE: u32 = 4;
+
+/// A local write to a document: key, value, and the body that travels beside it (empty when
+/// the value is the record).
+type DocumentWrite = (String, Vec<u8>, Vec<u8>);
 
 /// Change chunks of one outgoing sync message, with their signatures.
 type SyncPart = (Vec<Vec<u8>>, Vec<[u8; 64]>);

@@ -48,6 +48,8 @@ pub enum ProtocolError {
     Automerge(String),
     #[error("change {hash} rejected: {reason}")]
     RejectedChange { hash: String, reason: String },
+    #[error("body rejected: {0}")]
+    RejectedBody(String),
 }
 
 /// A local write or delete that could not be made.

@@ -8,18 +8,20 @@
 
 mod codec;
 mod engine;
+mod entry;
 mod error;
 mod id;
 mod message;
 mod record;
 mod shard;
 
-pub use engine::{Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit};
+pub use engine::{BodyRequest, Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit};
+pub use entry::{BodyHash, ENTRY_BYTES, MemoryEntry, body_hash};
 pub use error::{DecodeError, LoadError, ProtocolError, RecordError, WriteError};
 pub use id::{AuthorKey, MAX_ID_TIME_MS, MemoryId, short_key};
 pub use message::{
-    MAX_CHANGES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_SHARDS, Message, MessageKind, RootDigest, ShardDigest,
-    SignedChange, WIRE_VERSION,
+    Format, MAX_BODIES_PER_MESSAGE, MAX_CHANGES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_SHARDS, Message,
+    MessageKind, RootDigest, ShardDigest, SignedChange, WIRE_VERSION,
 };
 pub use record::{
     MemoryDraft, MemoryRecord, RecordLimits, Signatures, Tombstone, may_delete, validate_namespace,

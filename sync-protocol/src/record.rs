@@ -172,6 +172,15 @@ impl MemoryRecord {
         bytes
     }
 
+    /// The id an encoded record claims, read without decoding or checking the rest: to skip
+    /// a body already held before paying for its checks.
+    pub fn id_in(bytes: &[u8]) -> Option<MemoryId> {
+        match bytes {
+            [MEMORY_FORMAT, rest @ ..] => rest.get(..16)?.try_into().ok().map(MemoryId),
+            _ => None,
+        }
+    }
+
     /// Decodes, checks limits, the id binding and the signature. Nothing unverified escapes.
     pub fn decode_verified(bytes: &[u8], limits: &RecordLimits) -> Result<Self, RecordError> {
         Self::decode_checked(bytes, limits, Signatures::Verify)
@@ -279,17 +288,30 @@ impl Tombstone {
         deleted_at_ms: u64,
         admins: &[AuthorKey],
     ) -> Result<(Self, Vec<u8>), RecordError> {
+        Self::sign_for(memory.id, memory.author, memory.nonce, key, deleted_at_ms, admins)
+    }
+
+    /// Signs the delete of memory `id` by `author` (bound by `nonce`): all a tombstone needs,
+    /// so a memory can be deleted where only its entry is held.
+    pub fn sign_for(
+        id: MemoryId,
+        author: AuthorKey,
+        nonce: u64,
+        key: &SigningKey,
+        deleted_at_ms: u64,
+        admins: &[AuthorKey],
+    ) -> Result<(Self, Vec<u8>), RecordError> {
         let deleter = key.verifying_key().to_bytes();
-        if !may_delete(&deleter, &memory.author, admins) {
+        if !may_delete(&deleter, &author, admins) {
             return Err(RecordError::DeleteNotAuthorized {
                 deleter: short_key(&deleter),
-                author: short_key(&memory.author),
+                author: short_key(&author),
             });
         }
         let mut tombstone = Self {
-            id: memory.id,
-            author: memory.author,
-            nonce: memory.nonce,
+            id,
+            author,
+            nonce,
             deleter,
             deleted_at_ms,
             signature: [0; 64],
@@ -523,7 +545,7 @@ fn validate_vector_f16(vector: &[u8]) -> Result<(), RecordError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn draft(text: &str) -> MemoryDraft {

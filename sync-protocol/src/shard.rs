@@ -1,11 +1,13 @@
-//! One shard of the swarm's state: an automerge document whose root map holds signed records,
-//! and the gate every change must pass to get in.
+//! One shard of the swarm's state: an automerge document whose root map holds, per memory,
+//! its signed record ([`Format::InlineBodies`]) or its entry ([`Format::BodiesByHash`]), and
+//! signed tombstones; and the gate every change must pass to get in.
 //!
 //! The document is insert-only by construction. A change is admitted only if (1) its actor id
 //! is an ed25519 key and the change hash carries that key's signature, (2) every operation puts
 //! a byte value on a fresh root key (no deletes, no overwrites, no nested objects), and (3) each
-//! value is a record signed by that same key, filed under its own id, in this shard. So a peer
-//! can relay other agents' changes but can neither forge nor alter nor remove them.
+//! value is a record (or an entry) by that same key, filed under its own id, in this shard. So
+//! a peer can relay other agents' changes but can neither forge nor alter nor remove them; an
+//! entry's body hash, signed with the change, binds the body that travels beside it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -18,8 +20,9 @@ use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    entry::MemoryEntry,
     id::{AuthorKey, MemoryId},
-    message::{ShardDigest, SignedChange},
+    message::{Format, ShardDigest, SignedChange},
     record::{self, MemoryRecord, RecordLimits, Signatures, Tombstone},
 };
 
@@ -36,11 +39,18 @@ pub(crate) struct Rules {
     pub limits: RecordLimits,
     pub admins: Vec<AuthorKey>,
     pub shards: u16,
+    pub format: Format,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Effect {
+    /// A whole record in the document ([`Format::InlineBodies`]).
     Memory(MemoryRecord),
+    /// An entry ([`Format::BodiesByHash`]), with its body where one came with the change.
+    Entry {
+        entry: MemoryEntry,
+        body: Option<Box<MemoryRecord>>,
+    },
     Tombstone(Tombstone),
 }
 
@@ -199,6 +209,21 @@ impl Shard {
             .collect()
     }
 
+    /// What this document says of memory `id`: its entry, or in [`Format::InlineBodies`] the
+    /// entry of the record it holds.
+    pub fn entry(&self, id: &MemoryId, rules: &Rules) -> Option<MemoryEntry> {
+        self.values(&memory_key(id))
+            .iter()
+            .find_map(|bytes| match rules.format {
+                Format::BodiesByHash => MemoryEntry::decode(*id, bytes).ok(),
+                Format::InlineBodies => {
+                    MemoryRecord::decode_checked(bytes, &rules.limits, Signatures::Trusted)
+                        .ok()
+                        .map(|record| MemoryEntry::of(&record, bytes))
+                }
+            })
+    }
+
     /// Writes records under fresh keys as one change, signs it, and returns it.
     pub fn commit_local(
         &mut self,
@@ -287,6 +312,22 @@ impl Shard {
                 return Err(format!("key {key} written twice"));
             }
             let effect = match key.as_bytes().first() {
+                Some(b'm') if rules.format == Format::BodiesByHash => {
+                    let id = key
+                        .get(1..)
+                        .and_then(MemoryId::from_hex)
+                        .filter(|id| memory_key(id) == key.as_str())
+                        .ok_or_else(|| format!("entry filed under a key that is no memory id: {key}"))?;
+                    let entry =
+                        MemoryEntry::decode(id, value).map_err(|e| format!("entry under {key}: {e}"))?;
+                    if entry.author != actor {
+                        return Err(format!("entry under {key} is not by the change's author"));
+                    }
+                    if id.shard(rules.shards) != self.index {
+                        return Err(format!("memory {id} belongs in another shard"));
+                    }
+                    Effect::Entry { entry, body: None }
+                }
                 Some(b'm') => {
                     let memory = MemoryRecord::decode_checked(value, &rules.limits, signatures)
                         .map_err(|e| format!("memory under {key}: {e}"))?;

@@ -13,7 +13,8 @@ fn deliver(from: &mut Engine<usize>, from_id: usize, to: &mut Engine<usize>, now
     let mut with_changes = 0;
     let out: Vec<Transmit<usize>> = std::iter::from_fn(|| from.poll_transmit()).collect();
     for transmit in out {
-        if let Ok(Message::Sync { signatures, .. }) = Message::decode(&transmit.bytes, usize::MAX)
+        if let Ok(Message::Sync { signatures, .. }) =
+            Message::decode(&transmit.bytes, usize::MAX, murmur_sync::Format::InlineBodies)
             && !signatures.is_empty()
         {
             with_changes += 1;

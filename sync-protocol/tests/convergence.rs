@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Faults, Net};
-use murmur_sync::{Config, Engine, MemoryId, MessageKind, Signatures};
+use murmur_sync::{Config, Engine, Format, MemoryId, MessageKind, Signatures};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -53,10 +53,19 @@ fn cases() -> u32 {
 }
 
 fn check_converged(net: &mut Net, written: &BTreeSet<MemoryId>, deleted: &BTreeSet<MemoryId>) {
-    assert!(
-        net.run_until_converged(net.now + 900_000),
-        "no convergence after 900 simulated seconds"
-    );
+    let done = net.run_until_converged(net.now + 900_000);
+    let states: Vec<String> = net
+        .replicas
+        .iter()
+        .map(|r| {
+            format!(
+                "{} shown, {} awaiting bodies",
+                r.engine.visible_count(),
+                r.engine.awaiting_bodies()
+            )
+        })
+        .collect();
+    assert!(done, "no convergence after 900 simulated seconds: {states:?}");
     let reference = net.visible(0);
     let expected: Vec<MemoryId> = written.difference(deleted).copied().collect();
     assert_eq!(
@@ -77,7 +86,20 @@ fn check_converged(net: &mut Net, written: &BTreeSet<MemoryId>, deleted: &BTreeS
                 "replica {i} missed the delete of {id}"
             );
             assert!(replica.engine.memory(id).is_none());
+            assert!(
+                !replica.bodies.contains_key(id),
+                "replica {i} kept the body of deleted {id}"
+            );
         }
+        assert!(
+            replica.bodies.keys().eq(reference.iter()),
+            "replica {i} holds bodies of other memories than it shows"
+        );
+        assert_eq!(
+            replica.engine.awaiting_bodies(),
+            0,
+            "replica {i} still waits for bodies"
+        );
     }
 }
 
@@ -85,6 +107,7 @@ fn check_reload(net: &Net, config: &Config) {
     for (i, replica) in net.replicas.iter().enumerate() {
         let mut persisted = replica.persisted.clone();
         persisted.reverse(); // order must not matter
+        let held = |id: &MemoryId| replica.bodies.contains_key(id);
         let trusted: Engine<usize> = Engine::load(
             config.clone(),
             replica.key.clone(),
@@ -92,6 +115,7 @@ fn check_reload(net: &Net, config: &Config) {
             net.now,
             persisted.clone(),
             Signatures::Trusted,
+            held,
         )
         .expect("own state loads without re-verifying");
         let reloaded: Engine<usize> = Engine::load(
@@ -101,6 +125,7 @@ fn check_reload(net: &Net, config: &Config) {
             net.now,
             persisted,
             Signatures::Verify,
+            held,
         )
         .expect("own state loads");
         for (how, engine) in [("verified", &reloaded), ("trusted", &trusted)] {
@@ -112,6 +137,7 @@ fn check_reload(net: &Net, config: &Config) {
             assert!(engine.visible_ids().eq(replica.engine.visible_ids()));
             for id in replica.engine.visible_ids() {
                 assert_eq!(engine.memory(id), replica.engine.memory(id), "{how}: memory {id}");
+                assert_eq!(engine.entry(id), replica.engine.entry(id), "{how}: entry {id}");
             }
         }
     }
@@ -124,13 +150,14 @@ proptest! {
     fn replicas_converge_whatever_the_network_did(
         n in 2usize..=20,
         shards in prop_oneof![Just(1u16), Just(4), Just(64)],
+        format in prop_oneof![Just(Format::InlineBodies), Just(Format::BodiesByHash)],
         seed in any::<u64>(),
         ops in proptest::collection::vec(op(), 1..50),
         drop in 0u32..400,
         duplicate in 0u32..200,
         max_delay in 1u64..3_000,
     ) {
-        let config = Config { shards, anti_entropy_interval_ms: 1_000, ..Config::default() };
+        let config = Config { shards, format, anti_entropy_interval_ms: 1_000, ..Config::default() };
         let faults = Faults { drop_per_mille: drop, duplicate_per_mille: duplicate, min_delay_ms: 1, max_delay_ms: max_delay };
         let mut net = Net::new(n, seed, config.clone(), faults);
         let mut written = BTreeSet::new();
@@ -153,9 +180,18 @@ proptest! {
     }
 }
 
+const FORMATS: [Format; 2] = [Format::InlineBodies, Format::BodiesByHash];
+
 #[test]
 fn twenty_replicas_split_in_two_write_on_both_sides_and_heal() {
-    let config = Config::default();
+    FORMATS.into_iter().for_each(twenty_replicas_split_and_heal);
+}
+
+fn twenty_replicas_split_and_heal(format: Format) {
+    let config = Config {
+        format,
+        ..Config::default()
+    };
     let faults = Faults {
         drop_per_mille: 100,
         duplicate_per_mille: 50,
@@ -195,7 +231,14 @@ fn twenty_replicas_split_in_two_write_on_both_sides_and_heal() {
 
 #[test]
 fn a_late_joiner_with_nothing_catches_up() {
-    let config = Config::default();
+    FORMATS.into_iter().for_each(late_joiner_catches_up);
+}
+
+fn late_joiner_catches_up(format: Format) {
+    let config = Config {
+        format,
+        ..Config::default()
+    };
     let mut net = Net::new(
         5,
         11,
@@ -224,7 +267,14 @@ fn a_late_joiner_with_nothing_catches_up() {
 /// changes in flight again and the traffic multiplies.
 #[test]
 fn a_slow_conversation_is_not_restarted_by_new_rounds() {
-    let config = Config::default();
+    FORMATS.into_iter().for_each(slow_conversation_is_not_restarted);
+}
+
+fn slow_conversation_is_not_restarted(format: Format) {
+    let config = Config {
+        format,
+        ..Config::default()
+    };
     let faults = Faults {
         min_delay_ms: 2_500,
         max_delay_ms: 3_000,

@@ -4,8 +4,8 @@
 mod common;
 
 use murmur_sync::{
-    Config, Engine, Event, MemoryRecord, Message, ProtocolError, Signatures, SignedChange, SigningKey,
-    Tombstone,
+    Config, Engine, Event, Format, MemoryRecord, Message, ProtocolError, Signatures, SignedChange,
+    SigningKey, Tombstone,
     automerge::{
         self, ActorId, Automerge, Change, ROOT, ScalarValue,
         sync::{self, ChunkList},
@@ -37,7 +37,7 @@ fn world() -> World {
     let mut rng = fastrand::Rng::with_seed(3);
     let record = a.write(10, &[common::draft(&mut rng, 8)]).unwrap().remove(0);
     let push = a.poll_transmit().unwrap();
-    let a_change = match Message::decode(&push.bytes, usize::MAX).unwrap() {
+    let a_change = match Message::decode(&push.bytes, usize::MAX, Format::InlineBodies).unwrap() {
         Message::Push { mut changes, .. } => changes.remove(0),
         other => panic!("expected a push, got {other:?}"),
     };
@@ -59,8 +59,9 @@ fn push(shard: u16, change: SignedChange) -> Vec<u8> {
     Message::Push {
         shard,
         changes: vec![change],
+        bodies: Vec::new(),
     }
-    .encode()
+    .encode(Format::InlineBodies)
 }
 
 /// A document holding what the attacker has seen, acting as `actor`.
@@ -213,7 +214,7 @@ fn forgeries_inside_sync_messages_are_refused_too() {
         message: message.encode(),
         signatures: vec![change.signature],
     }
-    .encode();
+    .encode(Format::InlineBodies);
     assert_refused(&mut world, &bytes, "sync with a delete op");
     // A whole document where changes are expected.
     let bytes = Message::Sync {
@@ -231,7 +232,7 @@ fn forgeries_inside_sync_messages_are_refused_too() {
         },
         signatures: vec![[0; 64]],
     }
-    .encode();
+    .encode(Format::InlineBodies);
     assert_refused(&mut world, &bytes, "sync carrying a whole document");
 }
 
@@ -333,6 +334,7 @@ fn a_stored_change_with_a_flipped_byte_is_refused_by_a_trusted_load() {
         20,
         intact,
         Signatures::Trusted,
+        |_| true,
     )
     .expect("intact store loads");
     assert_eq!(loaded.root_digest(), world.b.root_digest());
@@ -355,6 +357,7 @@ fn a_stored_change_with_a_flipped_byte_is_refused_by_a_trusted_load() {
         20,
         vec![(shard(&world), damaged)],
         Signatures::Trusted,
+        |_| true,
     )
     .err()
     .expect("a damaged store is refused")

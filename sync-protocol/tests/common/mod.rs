@@ -24,6 +24,8 @@ pub struct Replica {
     /// What a driver would hold, built only from events: must equal the engine's view.
     pub shown: BTreeSet<MemoryId>,
     pub persisted: Vec<(u16, SignedChange)>,
+    /// The driver's body store: each shown memory's signed record, erased on delete.
+    pub bodies: BTreeMap<MemoryId, Vec<u8>>,
 }
 
 /// (deliver at, sequence for a stable order, from, to, bytes)
@@ -40,6 +42,8 @@ pub struct Net {
     seq: u64,
     pub refused: usize,
     pub bytes_sent: u64,
+    /// Every message delivered, as (from, to, bytes), when set: to look for what travelled.
+    pub delivered: Option<Vec<(usize, usize, Vec<u8>)>>,
 }
 
 pub fn key_for(seed: u64, i: usize) -> SigningKey {
@@ -83,6 +87,7 @@ impl Net {
                     key,
                     shown: BTreeSet::new(),
                     persisted: Vec::new(),
+                    bodies: BTreeMap::new(),
                 }
             })
             .collect();
@@ -96,6 +101,7 @@ impl Net {
             seq: 0,
             refused: 0,
             bytes_sent: 0,
+            delivered: None,
         }
     }
 
@@ -126,20 +132,31 @@ impl Net {
         }
     }
 
-    /// Collects everything replica `i` wants to do: persists, events, transmits.
+    /// Collects everything replica `i` wants to do: persists, events, body requests, transmits.
     pub fn flush(&mut self, i: usize) {
-        while let Some(p) = self.replicas[i].engine.poll_persist() {
-            self.replicas[i].persisted.push((p.shard, p.change));
+        let replica = &mut self.replicas[i];
+        while let Some(p) = replica.engine.poll_persist() {
+            replica.persisted.push((p.shard, p.change));
         }
-        while let Some(event) = self.replicas[i].engine.poll_event() {
+        while let Some(event) = replica.engine.poll_event() {
             match event {
                 Event::MemoryAdded(record) => {
-                    self.replicas[i].shown.insert(record.id);
+                    replica.shown.insert(record.id);
+                    replica.bodies.insert(record.id, record.encode());
                 }
                 Event::MemoryDeleted { id, .. } => {
-                    self.replicas[i].shown.remove(&id);
+                    replica.shown.remove(&id);
+                    replica.bodies.remove(&id);
                 }
             }
+        }
+        while let Some(request) = replica.engine.poll_body_request() {
+            let held: Vec<Vec<u8>> = request
+                .ids
+                .iter()
+                .filter_map(|id| replica.bodies.get(id).cloned())
+                .collect();
+            replica.engine.answer_bodies(&request.peer, held);
         }
         let n = self.replicas.len();
         while let Some(t) = self.replicas[i].engine.poll_transmit() {
@@ -173,7 +190,7 @@ impl Net {
             .filter(|id| {
                 self.replicas[i]
                     .engine
-                    .memory(id)
+                    .entry(id)
                     .is_some_and(|m| m.author == author)
                     || self.replicas[i].engine.config().admins.contains(&author)
             })
@@ -210,6 +227,9 @@ impl Net {
                 let Some(Reverse((_, _, from, to, bytes))) = self.inflight.pop() else {
                     continue;
                 };
+                if let Some(log) = &mut self.delivered {
+                    log.push((from, to, bytes.clone()));
+                }
                 if self.replicas[to]
                     .engine
                     .handle_incoming(self.now, &from, &bytes)
@@ -235,6 +255,7 @@ impl Net {
         let config = self.replicas[i].engine.config().clone();
         let persisted = self.replicas[i].persisted.clone();
         let seed = self.rng.u64(..);
+        let bodies = &self.replicas[i].bodies;
         let mut engine = Engine::load(
             config,
             self.replicas[i].key.clone(),
@@ -242,6 +263,7 @@ impl Net {
             self.now,
             persisted,
             Signatures::Verify,
+            |id| bodies.contains_key(id),
         )
         .expect("own state loads");
         for j in (0..self.replicas.len()).filter(|&j| j != i) {
@@ -254,9 +276,12 @@ impl Net {
         self.replicas[i].engine = engine;
     }
 
+    /// Every replica has the same state and every body its entries name.
     pub fn converged(&self) -> bool {
         let root = self.replicas[0].engine.root_digest();
-        self.replicas.iter().all(|r| r.engine.root_digest() == root)
+        self.replicas
+            .iter()
+            .all(|r| r.engine.root_digest() == root && r.engine.awaiting_bodies() == 0)
     }
 
     /// Runs until every replica has the same digest and nothing is in flight, or gives up.

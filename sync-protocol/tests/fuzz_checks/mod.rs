@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use murmur_sync::{Config, Engine, MAX_MESSAGE_BYTES, MemoryDraft, Message, SignedChange, SigningKey};
+use murmur_sync::{
+    Config, Engine, Format, MAX_MESSAGE_BYTES, MemoryDraft, Message, SignedChange, SigningKey,
+};
 
 fn config() -> Config {
     Config {
@@ -81,14 +83,15 @@ pub fn engine_incoming(data: &[u8]) {
                 bytes: rest.to_vec(),
                 signature: [0; 64],
             }],
+            bodies: Vec::new(),
         }
-        .encode(),
+        .encode(Format::InlineBodies),
         2 => Message::Sync {
             shard: u16::from(mode >> 7),
             message: rest.to_vec(),
             signatures: vec![[0; 64]; 2],
         }
-        .encode(),
+        .encode(Format::InlineBodies),
         _ => {
             // Flip bytes of a real message at positions and values the fuzzer picks.
             let samples = samples();
@@ -127,7 +130,9 @@ pub fn engine_incoming(data: &[u8]) {
 
 /// Any bytes: decoding never panics, and what decodes re-encodes to the same bytes.
 pub fn decode_message(data: &[u8]) {
-    if let Ok(message) = Message::decode(data, MAX_MESSAGE_BYTES) {
-        assert_eq!(message.encode(), data);
+    for format in [Format::InlineBodies, Format::BodiesByHash] {
+        if let Ok(message) = Message::decode(data, MAX_MESSAGE_BYTES, format) {
+            assert_eq!(message.encode(format), data);
+        }
     }
 }
