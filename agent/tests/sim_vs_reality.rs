@@ -3,10 +3,14 @@
 //! (this machine's kernel has no tc netem), against the simulator running the same swarm (full
 //! mesh, the same delay, the same writes).
 //!
-//! The simulator does not know how long a real agent takes to handle a message (verify, store
-//! with an fsync, index); that one number is measured first, on the same hosts without the
-//! delay, and given to the simulator as `agent.processing_ms`. What the simulator then has to
-//! get right on its own is everything the delay changes: hops, gossip fan-out, anti-entropy.
+//! The simulator does not know how long a real agent takes from receiving a memory to serving
+//! it (verify, store with an fsync, index, and this test's polling); that is measured first, on
+//! the same hosts without the delay, and added to the simulator's convergence times. It is not
+//! given to the simulator as `agent.processing_ms`: that queues every message (anti-entropy
+//! too) behind a fixed cost, while a real agent's serve latency is mostly not a serial
+//! per-message cost, so on a loaded machine (a 135 ms calibration) the queue alone made the
+//! prediction 43% slow. What the simulator has to get right on its own is everything the delay
+//! changes: hops, gossip fan-out, anti-entropy.
 //! Tolerances (stated in docs/simulator.md): median time for a memory to reach all agents
 //! within 25%, p95 within 50%; bytes of pushes the engines accepted within 10%.
 
@@ -157,7 +161,7 @@ fn the_simulator_predicts_a_real_swarm_under_delay() {
     // calibration without delay.
     measure(&agents, 1, Duration::from_millis(100), 50);
     let base = measure(&agents, 10, Duration::from_millis(300), 0);
-    let processing_ms = percentile(&base, 0.5);
+    let (base_p50, base_p95) = (percentile(&base, 0.5), percentile(&base, 0.95));
 
     for proxy in &proxies {
         proxy.set_delay(Duration::from_millis(u64::from(DELAY_MS)));
@@ -190,8 +194,6 @@ anti_entropy_interval_ms = 2000
 [memory]
 dimension = 384
 text_bytes = {text_bytes}
-[agent]
-processing_ms = {{ kind = "constant", ms = {processing_ms} }}
 [topology]
 kind = "full-mesh"
 [links.default]
@@ -205,10 +207,11 @@ sequences = [{{ agent = 0, start_s = 5.0, interval_s = {interval}, count = {WRIT
     );
     let scenario = Scenario::from_toml(&toml, "sim-vs-reality").expect("scenario");
     let (report, _) = murmur_sim::run(scenario, |_| {}).expect("simulation runs");
-    let predicted = report
+    let simulated = report
         .convergence_ms
         .clone()
         .expect("memories converged in the simulation");
+    let (predicted_p50, predicted_p95) = (simulated.p50 + base_p50, simulated.p95 + base_p95);
     let sim_push_bytes = report
         .traffic_by_kind
         .iter()
@@ -217,18 +220,20 @@ sequences = [{{ agent = 0, start_s = 5.0, interval_s = {interval}, count = {WRIT
 
     let (real_p50, real_p95) = (percentile(&real, 0.5), percentile(&real, 0.95));
     let summary = format!(
-        "calibration (no delay): p50 {processing_ms:.1} ms; with {DELAY_MS} ms: real p50 {real_p50:.1} p95 {real_p95:.1} ms, \
-         simulated p50 {:.1} p95 {:.1} ms; push bytes in per agent: real {real_push_bytes:.0}, simulated {sim_push_bytes:.0}",
-        predicted.p50, predicted.p95
+        "calibration (no delay): p50 {base_p50:.1} p95 {base_p95:.1} ms; with {DELAY_MS} ms: real p50 {real_p50:.1} \
+         p95 {real_p95:.1} ms, simulated p50 {:.1} p95 {:.1} ms, predicted (simulated + calibration) p50 \
+         {predicted_p50:.1} p95 {predicted_p95:.1} ms; push bytes in per agent: real {real_push_bytes:.0}, \
+         simulated {sim_push_bytes:.0}",
+        simulated.p50, simulated.p95
     );
     eprintln!("{summary}");
     assert!(report.converged, "{summary}");
     assert!(
-        (predicted.p50 - real_p50).abs() <= 0.25 * real_p50,
+        (predicted_p50 - real_p50).abs() <= 0.25 * real_p50,
         "median off by more than 25%: {summary}"
     );
     assert!(
-        (predicted.p95 - real_p95).abs() <= 0.5 * real_p95,
+        (predicted_p95 - real_p95).abs() <= 0.5 * real_p95,
         "p95 off by more than 50%: {summary}"
     );
     assert!(
