@@ -3,6 +3,7 @@
 //! duplication, partitions, churn, radio range), so operators can see how a swarm behaves
 //! before they deploy it. See docs/simulator.md.
 
+pub mod bodies;
 pub mod metrics;
 pub mod plot;
 pub mod report;

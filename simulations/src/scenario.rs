@@ -70,6 +70,34 @@ fn default_settle() -> u64 {
 pub struct SyncSettings {
     pub shards: u16,
     pub anti_entropy_interval_ms: u64,
+    /// How the swarm's state holds memory bodies; the engine's default unless set.
+    pub format: BodyFormat,
+}
+
+/// `murmur_sync::Format` as a scenario names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyFormat {
+    InlineBodies,
+    BodiesByHash,
+}
+
+impl From<murmur_sync::Format> for BodyFormat {
+    fn from(format: murmur_sync::Format) -> Self {
+        match format {
+            murmur_sync::Format::InlineBodies => BodyFormat::InlineBodies,
+            murmur_sync::Format::BodiesByHash => BodyFormat::BodiesByHash,
+        }
+    }
+}
+
+impl From<BodyFormat> for murmur_sync::Format {
+    fn from(format: BodyFormat) -> Self {
+        match format {
+            BodyFormat::InlineBodies => murmur_sync::Format::InlineBodies,
+            BodyFormat::BodiesByHash => murmur_sync::Format::BodiesByHash,
+        }
+    }
 }
 
 impl Default for SyncSettings {
@@ -78,6 +106,7 @@ impl Default for SyncSettings {
         Self {
             shards: 16,
             anti_entropy_interval_ms: engine.anti_entropy_interval_ms,
+            format: engine.format.into(),
         }
     }
 }

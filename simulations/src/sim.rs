@@ -12,9 +12,12 @@ use std::{
     rc::Rc,
 };
 
-use murmur_sync::{Destination, Engine, Event as SyncEvent, MemoryDraft, MemoryId, MessageKind, SigningKey};
+use murmur_sync::{
+    Destination, Engine, Event as SyncEvent, Format, MemoryDraft, MemoryId, MessageKind, SigningKey,
+};
 
 use crate::{
+    bodies::BodyShelf,
     metrics::{Metrics, NodeTraffic},
     scenario::{LinkProfile, Scenario, Split, Topology},
     topology::{self, Graph, Node, Radio},
@@ -131,6 +134,8 @@ pub struct Simulation {
     link_busy_until: HashMap<(Node, Node), u64, FixedHasher>,
     live_agents: u32,
     workload_over: bool,
+    /// What each node's driver stores beside the engine (bodies-by-hash only).
+    bodies: BodyShelf,
     pub metrics: Metrics,
 }
 
@@ -157,6 +162,7 @@ impl Simulation {
         let config = murmur_sync::Config {
             shards: scenario.sync.shards,
             anti_entropy_interval_ms: scenario.sync.anti_entropy_interval_ms,
+            format: scenario.sync.format.into(),
             ..murmur_sync::Config::default()
         };
         let radio = match &scenario.topology {
@@ -218,6 +224,7 @@ impl Simulation {
             link_busy_until: HashMap::default(),
             live_agents: agents,
             workload_over: false,
+            bodies: BodyShelf::new(total as usize),
             metrics: Metrics::default(),
             scenario,
         };
@@ -558,9 +565,13 @@ impl Simulation {
             // What a driver would store: the engine keeps it too, so a restart with state keeps
             // the engine (see `restart`).
             while state.engine.poll_persist().is_some() {}
+            let keeps_bodies = self.config.format == Format::BodiesByHash;
             while let Some(event) = state.engine.poll_event() {
                 match event {
                     SyncEvent::MemoryAdded(record) => {
+                        if keeps_bodies {
+                            self.bodies.hold(node as usize, &record);
+                        }
                         if is_manager {
                             self.metrics.manager_got(&record.id, self.now_us);
                         } else {
@@ -568,11 +579,16 @@ impl Simulation {
                         }
                     }
                     SyncEvent::MemoryDeleted { id, .. } => {
+                        self.bodies.erase(node as usize, &id);
                         if !is_manager {
                             self.metrics.agent_deleted(&id, self.now_us, self.live_agents);
                         }
                     }
                 }
+            }
+            while let Some(request) = state.engine.poll_body_request() {
+                let held = self.bodies.answer(node as usize, &request.ids);
+                state.engine.answer_bodies(&request.peer, held);
             }
             let Some(transmit) = self.nodes[node as usize].engine.poll_transmit() else {
                 break;
@@ -752,6 +768,7 @@ impl Simulation {
             )
             .map_err(SimError::Engine)?;
             state.written.clear();
+            self.bodies.erase_all(node as usize);
             self.metrics.rejoins_empty += 1;
         }
         // Otherwise the engine stays: drivers persist every change before acting on it, so a
