@@ -1,7 +1,6 @@
 //! What a memory is, what a valid one looks like, and how it is laid out on disk.
 
-use std::borrow::Cow;
-
+use murmur_sync::{MemoryRecord, RecordLimits, Signatures};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -192,94 +191,114 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// On-disk form, postcard-encoded behind a format byte so later versions can migrate.
-#[derive(Serialize, Deserialize)]
-struct StoredV2<'a> {
-    // Borrowed when encoding, so a write does not copy the memory to serialise it.
-    namespace: Cow<'a, str>,
-    text: Cow<'a, str>,
-    metadata_json: String,
-    tags: Cow<'a, [String]>,
-    created_at_ms: u64,
-    /// The ed25519 public key itself, not its hex.
-    author: [u8; 32],
-    model_id: Cow<'a, str>,
-    /// f16 bits, little-endian.
-    vector: Vec<u8>,
-    label: u64,
+/// On-disk form of a memory (format 3): the signed record exactly as the swarm holds it, so it
+/// is stored once and peers asking for it are answered from it, behind the local index label
+/// and a CRC32 over both, so a damaged byte is found when the row is read, never served.
+///
+/// `format u8 = 3 | label u64 BE | crc32 u32 BE | signed record bytes`
+const FORMAT_V3: u8 = 3;
+const ROW_HEADER: usize = 1 + 8 + 4;
+
+/// A memory with the signed record it was made from: what the store writes.
+#[derive(Debug, Clone)]
+pub struct StoredMemory {
+    pub memory: Memory,
+    pub record: Vec<u8>,
 }
 
-const FORMAT_V2: u8 = 2;
-
-/// Authors are always this or another agent's 32-byte key in hex; anything else is stored as
-/// zeros rather than failing a write that has already been validated.
-fn author_bytes(author: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if hex::decode_to_slice(author, &mut out).is_err() {
-        out = [0u8; 32];
+impl StoredMemory {
+    pub fn from_record(record: &MemoryRecord, label: u64) -> Self {
+        Self {
+            memory: Memory::from_record(record, label),
+            record: record.encode(),
+        }
     }
-    out
+
+    /// The row the store keeps under the memory's id.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut row = Vec::with_capacity(ROW_HEADER + self.record.len());
+        row.push(FORMAT_V3);
+        row.extend_from_slice(&self.memory.label.to_be_bytes());
+        row.extend_from_slice(&row_crc(self.memory.label, &self.record).to_be_bytes());
+        row.extend_from_slice(&self.record);
+        row
+    }
+}
+
+fn row_crc(label: u64, record: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&label.to_be_bytes());
+    hasher.update(record);
+    hasher.finalize()
+}
+
+/// The label and signed record bytes of a stored row, after checking its CRC.
+pub fn decode_row(id: Uuid, row: &[u8]) -> Result<(u64, &[u8])> {
+    let corrupt = |reason: String| AgentError::CorruptRecord {
+        key: format!("memories/{id}"),
+        reason,
+    };
+    match row.first() {
+        Some(&FORMAT_V3) => {}
+        Some(&2) => {
+            return Err(corrupt(
+                "written by an agent older than the bodies-by-hash format; move the data directory \
+                 aside and re-import"
+                    .into(),
+            ));
+        }
+        Some(format) => return Err(corrupt(format!("unknown record format {format}"))),
+        None => return Err(corrupt("empty record".into())),
+    }
+    if row.len() < ROW_HEADER {
+        return Err(corrupt(format!("{} bytes, shorter than a row header", row.len())));
+    }
+    let label = u64::from_be_bytes(row[1..9].try_into().map_err(|_| corrupt("label".into()))?);
+    let crc = u32::from_be_bytes(row[9..13].try_into().map_err(|_| corrupt("checksum".into()))?);
+    let record = &row[ROW_HEADER..];
+    if row_crc(label, record) != crc {
+        return Err(corrupt("checksum mismatch: the stored bytes are damaged".into()));
+    }
+    Ok((label, record))
 }
 
 impl Memory {
-    pub fn encode(&self) -> Vec<u8> {
-        let stored = StoredV2 {
-            namespace: Cow::Borrowed(&self.namespace),
-            text: Cow::Borrowed(&self.text),
-            metadata_json: serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into()),
-            tags: Cow::Borrowed(&self.tags),
-            created_at_ms: self.created_at_ms,
-            author: author_bytes(&self.author),
-            model_id: Cow::Borrowed(&self.model_id),
-            vector: self
-                .vector
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            label: self.label,
+    /// The memory a signed record holds, with its local index label.
+    pub fn from_record(record: &MemoryRecord, label: u64) -> Self {
+        let metadata = match serde_json::from_str(&record.metadata_json) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
         };
-        let mut out = vec![FORMAT_V2];
-        // Encoding plain owned data into a Vec cannot fail.
-        out.extend(postcard::to_allocvec(&stored).unwrap_or_default());
-        out
+        Memory {
+            id: record.id.as_uuid(),
+            namespace: record.namespace.clone(),
+            text: record.text.clone(),
+            metadata,
+            tags: record.tags.clone(),
+            created_at_ms: record.created_at_ms(),
+            author: hex::encode(record.author),
+            model_id: record.model_id.clone(),
+            vector: record.vector(),
+            label,
+        }
     }
 
-    pub fn decode(id: Uuid, bytes: &[u8]) -> Result<Self> {
-        let corrupt = |reason: String| AgentError::CorruptRecord {
-            key: id.to_string(),
-            reason,
-        };
-        let (&format, body) = bytes
-            .split_first()
-            .ok_or_else(|| corrupt("empty record".into()))?;
-        if format != FORMAT_V2 {
-            return Err(corrupt(format!("unknown record format {format}")));
+    /// Reads a stored row. The record's signature was verified when it arrived and the row's
+    /// CRC guards it since, so only its structure and id are checked again.
+    pub fn decode(id: Uuid, row: &[u8]) -> Result<Self> {
+        let (label, bytes) = decode_row(id, row)?;
+        let record = MemoryRecord::decode_checked(bytes, &RecordLimits::default(), Signatures::Trusted)
+            .map_err(|e| AgentError::CorruptRecord {
+                key: format!("memories/{id}"),
+                reason: e.to_string(),
+            })?;
+        if record.id.as_uuid() != id {
+            return Err(AgentError::CorruptRecord {
+                key: format!("memories/{id}"),
+                reason: format!("holds the record of {}", record.id.as_uuid()),
+            });
         }
-        let stored: StoredV2 = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-        if !stored.vector.len().is_multiple_of(2) {
-            return Err(corrupt("vector has an odd number of bytes".into()));
-        }
-        let metadata = match serde_json::from_str(&stored.metadata_json) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(corrupt("metadata is not an object".into())),
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        Ok(Memory {
-            id,
-            namespace: stored.namespace.into_owned(),
-            text: stored.text.into_owned(),
-            metadata,
-            tags: stored.tags.into_owned(),
-            created_at_ms: stored.created_at_ms,
-            author: hex::encode(stored.author),
-            model_id: stored.model_id.into_owned(),
-            vector: stored
-                .vector
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            label: stored.label,
-        })
+        Ok(Self::from_record(&record, label))
     }
 }
 
@@ -351,23 +370,35 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_corruption_is_detected() {
-        let memory = Memory {
-            id: Uuid::now_v7(),
+    fn rows_round_trip_and_a_flipped_byte_is_found() {
+        let draft = murmur_sync::MemoryDraft {
             namespace: "ns".into(),
             text: "hello".into(),
-            metadata: serde_json::json!({"k": [1, "two"]}).as_object().unwrap().clone(),
+            metadata_json: r#"{"k":[1,"two"]}"#.into(),
             tags: vec!["t".into()],
-            created_at_ms: 1_700_000_000_000,
-            author: "ab".repeat(32),
             model_id: "m".into(),
             vector: vec![0.25, -1.0],
-            label: 7,
         };
-        let bytes = memory.encode();
-        assert_eq!(Memory::decode(memory.id, &bytes).unwrap(), memory);
-        assert!(Memory::decode(memory.id, &bytes[..bytes.len() / 2]).is_err());
-        assert!(Memory::decode(memory.id, &[]).is_err());
-        assert!(Memory::decode(memory.id, &[9, 1, 2]).is_err());
+        let key = murmur_sync::SigningKey::from_bytes(&[3; 32]);
+        let (record, _) =
+            MemoryRecord::sign(&draft, &key, 1_700_000_000_000, 9, &RecordLimits::default()).unwrap();
+        let stored = StoredMemory::from_record(&record, 7);
+        let id = stored.memory.id;
+        let row = stored.encode();
+        assert_eq!(Memory::decode(id, &row).unwrap(), stored.memory);
+        assert_eq!(decode_row(id, &row).unwrap(), (7, record.encode().as_slice()));
+        for at in [0, 5, 10, 20, row.len() - 1] {
+            let mut damaged = row.clone();
+            damaged[at] ^= 0x10;
+            let error = Memory::decode(id, &damaged).unwrap_err().to_string();
+            assert!(error.contains(&format!("memories/{id}")), "{error}");
+        }
+        assert!(Memory::decode(id, &row[..row.len() / 2]).is_err());
+        assert!(Memory::decode(id, &[]).is_err());
+        assert!(Memory::decode(id, &[9, 1, 2]).is_err());
+        assert!(
+            Memory::decode(uuid::Uuid::nil(), &row).is_err(),
+            "filed under another id"
+        );
     }
 }

@@ -8,16 +8,15 @@ use std::sync::{
 };
 
 use murmur_sync::{
-    AuthorKey, Config as SyncConfig, Engine, Event, MemoryDraft, MemoryId, MemoryRecord, Persist,
-    RecordLimits, Signatures, SigningKey, Tombstone, Transmit, WriteError,
+    AuthorKey, BodyRequest, Config as SyncConfig, Engine, Event, MemoryDraft, MemoryId, MemoryRecord,
+    Persist, RecordLimits, Signatures, SigningKey, Tombstone, Transmit, WriteError,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
     error::{AgentError, Result},
-    memory::{Limits, Memory},
+    memory::Limits,
     store::Store,
     time::now_ms,
 };
@@ -110,6 +109,7 @@ impl Replica {
 
     fn load_engine(store: &Store, config: &SyncConfig, key: &SigningKey) -> Result<Engine<PeerKey>> {
         let changes = store.sync_changes()?;
+        // A store read error here counts as not held: the body is asked for from peers again.
         Engine::load(
             config.clone(),
             key.clone(),
@@ -117,12 +117,31 @@ impl Replica {
             now_ms(),
             changes,
             Signatures::Trusted,
-            |_| true,
+            |id| store.holds(id.as_uuid()).unwrap_or(false),
         )
         .map_err(|e| AgentError::CorruptRecord {
             key: "sync_changes".into(),
             reason: e.to_string(),
         })
+    }
+
+    /// Answers peers that asked for bodies, from what the store holds. Called after what
+    /// arrived was stored, so a body shown here a moment ago is found.
+    pub fn answer_body_requests(&self, store: &Store) -> Result<()> {
+        let requests: Vec<BodyRequest<PeerKey>> = {
+            let mut engine = self.lock();
+            std::iter::from_fn(|| engine.poll_body_request()).collect()
+        };
+        for request in requests {
+            let mut bodies = Vec::with_capacity(request.ids.len());
+            for id in &request.ids {
+                if let Some(bytes) = store.record_bytes(id.as_uuid())? {
+                    bodies.push(bytes);
+                }
+            }
+            self.lock().answer_bodies(&request.peer, bodies);
+        }
+        Ok(())
     }
 
     /// After a failed store write the engine may hold changes the store does not: throw them
@@ -264,26 +283,6 @@ pub struct PeerSummary {
     pub last_heard_ms: Option<u64>,
     pub last_in_sync_ms: Option<u64>,
     pub refused_messages: u64,
-}
-
-/// What the agent stores for a record: the same memory, with a local index label.
-pub fn memory_from_record(record: &MemoryRecord, label: u64) -> Memory {
-    let metadata = match serde_json::from_str(&record.metadata_json) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    Memory {
-        id: record.id.as_uuid(),
-        namespace: record.namespace.clone(),
-        text: record.text.clone(),
-        metadata,
-        tags: record.tags.clone(),
-        created_at_ms: record.created_at_ms(),
-        author: hex::encode(record.author),
-        model_id: record.model_id.clone(),
-        vector: record.vector(),
-        label,
-    }
 }
 
 #[cfg(test)]

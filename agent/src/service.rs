@@ -21,7 +21,7 @@ use crate::{
     filter::{Filter, FilterAttrs, FilterRequest, Interner},
     identity::Identity,
     index::VectorIndex,
-    memory::{Memory, NewMemory, validate_namespace, validate_text, validate_vector},
+    memory::{Memory, NewMemory, StoredMemory, validate_namespace, validate_text, validate_vector},
     metrics::Metrics,
     progress::Progress,
     replica::{self, Replica, SyncStatus},
@@ -151,6 +151,7 @@ impl Agent {
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
+        store.check_format().context("opening the database")?;
         replica::check_limits(&config.limits)?;
         let replica = Replica::load(
             &store,
@@ -366,12 +367,13 @@ impl Agent {
         let (records, changes) = self.replica.write(&drafts)?;
         let mut memories = Vec::with_capacity(records.len());
         for record in &records {
-            memories.push(replica::memory_from_record(record, self.store.next_label()?));
+            memories.push(StoredMemory::from_record(record, self.store.next_label()?));
         }
         if let Err(e) = self.store.insert(&memories, &changes).await {
             self.replica.reload(&self.store)?;
             return Err(e);
         }
+        let memories: Vec<Memory> = memories.into_iter().map(|m| m.memory).collect();
         self.wake_network();
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
         // Never hold the attrs lock while taking the index lock: a filtered search holds the
@@ -491,10 +493,19 @@ impl Agent {
         rest
     }
 
-    /// Stores and indexes what the replica accepted from a peer. The caller holds
-    /// [`Agent::write_guard`] and sends nothing the replica queued until this returns.
+    /// Stores what the replica accepted from peers, then answers the bodies they asked for:
+    /// the persist-then-answer step every network driver runs after feeding the replica. The
+    /// caller holds [`Agent::write_guard`] and sends nothing the replica queued until this
+    /// returns.
+    pub async fn store_received(&self) -> Result<()> {
+        let (events, persists) = self.replica.take_received();
+        self.apply_remote(events, persists).await?;
+        self.replica.answer_body_requests(&self.store)
+    }
+
+    /// Stores and indexes what the replica accepted from a peer.
     #[tracing::instrument(skip_all, fields(events = events.len(), changes = changes.len()))]
-    pub async fn apply_remote(
+    async fn apply_remote(
         &self,
         events: Vec<murmur_sync::Event>,
         changes: Vec<murmur_sync::Persist>,
@@ -504,13 +515,13 @@ impl Agent {
         for event in events {
             match event {
                 murmur_sync::Event::MemoryAdded(record) => {
-                    inserts.push(replica::memory_from_record(&record, self.store.next_label()?));
+                    inserts.push(StoredMemory::from_record(&record, self.store.next_label()?));
                 }
                 murmur_sync::Event::MemoryDeleted {
                     id, deleted_at_ms, ..
                 } => {
                     let id = id.as_uuid();
-                    inserts.retain(|m: &Memory| m.id != id);
+                    inserts.retain(|m: &StoredMemory| m.memory.id != id);
                     deletes.push((id, deleted_at_ms));
                 }
             }
@@ -525,6 +536,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        let inserts: Vec<Memory> = inserts.into_iter().map(|m| m.memory).collect();
         let dimension = self.embedder.dimension();
         let model_id = self.embedder.model_id();
         for memory in &removed {

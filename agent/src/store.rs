@@ -24,11 +24,14 @@ use murmur_sync::{Persist, SignedChange};
 
 use crate::{
     error::{AgentError, Result},
-    memory::Memory,
+    memory::{Memory, StoredMemory, decode_row},
 };
 
 const GENERATION_KEY: &[u8] = b"generation";
 const COUNTS_KEY: &[u8] = b"counts";
+const FORMAT_KEY: &[u8] = b"format";
+/// 3: memories hold signed records, `sync_changes` only entries (sync wire version 2).
+const STORE_FORMAT: u8 = 3;
 
 /// How many live memories and tombstones the store holds, kept in `meta` by every write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -142,6 +145,13 @@ fn put_memory(
     Ok(previous.is_none())
 }
 
+fn encode_rows(memories: &[StoredMemory]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    memories
+        .iter()
+        .map(|m| (m.memory.id.as_bytes().to_vec(), m.encode()))
+        .collect()
+}
+
 fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
     for (key, value) in rows {
         tree.insert(key.as_slice(), value.as_slice())?;
@@ -178,6 +188,31 @@ impl Store {
         })
     }
 
+    /// Refuses a database written in another layout, with a reason a user can act on; marks a
+    /// new one with this layout. Called at open, before anything is read.
+    pub fn check_format(&self) -> Result<()> {
+        match self.meta.get(FORMAT_KEY)?.as_deref() {
+            Some([STORE_FORMAT]) => Ok(()),
+            Some(other) => Err(AgentError::CorruptRecord {
+                key: "meta/format".into(),
+                reason: format!("store format {other:?}; this agent reads format {STORE_FORMAT}"),
+            }),
+            None if self.memories.first()?.is_some() || self.sync_changes.first()?.is_some() => {
+                Err(AgentError::CorruptRecord {
+                    key: "meta/format".into(),
+                    reason: "written by an agent older than the bodies-by-hash format (sync wire \
+                             version 1): move the data directory aside and re-import its memories"
+                        .into(),
+                })
+            }
+            None => {
+                self.meta.insert(FORMAT_KEY, &[STORE_FORMAT])?;
+                self.db.flush()?;
+                Ok(())
+            }
+        }
+    }
+
     /// A fresh, never reused key for the vector index.
     pub fn next_label(&self) -> Result<u64> {
         Ok(self.db.generate_id()?)
@@ -205,11 +240,8 @@ impl Store {
 
     /// Stores all of `memories` and the sync changes that carry them, atomically and durably;
     /// returns the new generation.
-    pub async fn insert(&self, memories: &[Memory], changes: &[Persist]) -> Result<u64> {
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = memories
-            .iter()
-            .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
-            .collect();
+    pub async fn insert(&self, memories: &[StoredMemory], changes: &[Persist]) -> Result<u64> {
+        let encoded = encode_rows(memories);
         let change_rows = self.change_rows(changes)?;
         let generation = (
             &self.memories,
@@ -220,8 +252,8 @@ impl Store {
         )
             .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
                 let mut delta = CountDelta::default();
-                for (memory, row) in memories.iter().zip(&encoded) {
-                    if put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)? {
+                for (stored, row) in memories.iter().zip(&encoded) {
+                    if put_memory((tx_memories, tx_namespaces, tx_labels), &stored.memory, row)? {
                         delta.memories += 1;
                     }
                 }
@@ -239,14 +271,11 @@ impl Store {
     /// memories that were removed, so their index entries can go too.
     pub async fn apply_remote(
         &self,
-        inserts: &[Memory],
+        inserts: &[StoredMemory],
         deletes: &[(Uuid, u64)],
         changes: &[Persist],
     ) -> Result<(Vec<Memory>, u64)> {
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = inserts
-            .iter()
-            .map(|m| (m.id.as_bytes().to_vec(), m.encode()))
-            .collect();
+        let encoded = encode_rows(inserts);
         let mut removed = Vec::new();
         let mut tombstone_rows = Vec::with_capacity(deletes.len());
         for (id, deleted_at_ms) in deletes {
@@ -280,8 +309,8 @@ impl Store {
             .transaction(
                 |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
                     let mut delta = CountDelta::default();
-                    for (memory, row) in inserts.iter().zip(&encoded) {
-                        if put_memory((tx_memories, tx_namespaces, tx_labels), memory, row)? {
+                    for (stored, row) in inserts.iter().zip(&encoded) {
+                        if put_memory((tx_memories, tx_namespaces, tx_labels), &stored.memory, row)? {
                             delta.memories += 1;
                         }
                     }
@@ -393,6 +422,20 @@ impl Store {
             return Ok(Lookup::Deleted(tombstone));
         }
         Ok(Lookup::Missing)
+    }
+
+    /// The signed record bytes of a live memory, as peers are sent them; `None` when it is not
+    /// held (never arrived, or deleted and erased).
+    pub fn record_bytes(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        match self.memories.get(id.as_bytes())? {
+            Some(row) => Ok(Some(decode_row(id, &row)?.1.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the body of memory `id` is held here.
+    pub fn holds(&self, id: Uuid) -> Result<bool> {
+        Ok(self.memories.contains_key(id.as_bytes())?)
     }
 
     pub fn id_for_label(&self, label: u64) -> Result<Option<Uuid>> {
@@ -530,19 +573,25 @@ fn uuid_suffix(key: &[u8]) -> Uuid {
 mod tests {
     use super::*;
 
-    fn memory(id: u128, namespace: &str, label: u64) -> Memory {
-        Memory {
-            id: Uuid::from_u128(id),
+    /// A signed memory in `namespace`; `n` picks its text, nonce and label, so each `n` is one
+    /// distinct memory.
+    fn memory(n: u64, namespace: &str) -> StoredMemory {
+        let draft = murmur_sync::MemoryDraft {
             namespace: namespace.into(),
-            text: format!("memory {id}"),
-            metadata: serde_json::Map::new(),
+            text: format!("memory {n}"),
+            metadata_json: "{}".into(),
             tags: vec![],
-            created_at_ms: 1,
-            author: "00".repeat(32),
             model_id: "m".into(),
             vector: vec![0.5, 0.5],
-            label,
-        }
+        };
+        let key = murmur_sync::SigningKey::from_bytes(&[1; 32]);
+        let (record, _) =
+            murmur_sync::MemoryRecord::sign(&draft, &key, 1_000 + n, n, &Default::default()).unwrap();
+        StoredMemory::from_record(&record, n)
+    }
+
+    fn id(memory: &StoredMemory) -> Uuid {
+        memory.memory.id
     }
 
     fn assert_counts(store: &Store, memories: u64, tombstones: u64) {
@@ -559,24 +608,24 @@ mod tests {
             let store = Store::open(&path, 1 << 20).unwrap();
             assert_counts(&store, 0, 0);
             store
-                .insert(&[memory(1, "a", 1), memory(2, "a", 2), memory(3, "b", 3)], &[])
+                .insert(&[memory(1, "a"), memory(2, "a"), memory(3, "b")], &[])
                 .await
                 .unwrap();
             assert_counts(&store, 3, 0);
             // Storing the same memory again (a replayed write) adds nothing.
-            store.insert(&[memory(3, "b", 3)], &[]).await.unwrap();
+            store.insert(&[memory(3, "b")], &[]).await.unwrap();
             assert_counts(&store, 3, 0);
-            store.delete(Uuid::from_u128(1), 5, &[]).await.unwrap();
+            store.delete(id(&memory(1, "a")), 5, &[]).await.unwrap();
             assert_counts(&store, 2, 1);
             // From peers: two new memories, a delete of one held here, a delete that overtook
             // its memory, and a repeated delete of one already gone.
             let (removed, _) = store
                 .apply_remote(
-                    &[memory(4, "a", 4), memory(5, "c", 5)],
+                    &[memory(4, "a"), memory(5, "c")],
                     &[
-                        (Uuid::from_u128(2), 6),
-                        (Uuid::from_u128(9), 6),
-                        (Uuid::from_u128(1), 7),
+                        (id(&memory(2, "a")), 6),
+                        (id(&memory(9, "a")), 6),
+                        (id(&memory(1, "a")), 7),
                     ],
                     &[],
                 )
@@ -595,7 +644,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         store
-            .insert(&[memory(1, "a", 1), memory(2, "a", 2)], &[])
+            .insert(&[memory(1, "a"), memory(2, "a")], &[])
             .await
             .unwrap();
 
@@ -617,5 +666,22 @@ mod tests {
         store.meta.insert(COUNTS_KEY, b"xyz").unwrap();
         let error = store.counts().unwrap_err().to_string();
         assert!(error.contains("meta/counts"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_store_of_another_format_is_refused_and_a_new_one_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        store.check_format().unwrap();
+        store.insert(&[memory(1, "a")], &[]).await.unwrap();
+        store.check_format().unwrap();
+
+        // Data without the marker: an agent from before the bodies-by-hash format.
+        store.meta.remove(FORMAT_KEY).unwrap();
+        let error = store.check_format().unwrap_err().to_string();
+        assert!(error.contains("older than the bodies-by-hash format"), "{error}");
+        store.meta.insert(FORMAT_KEY, &[9]).unwrap();
+        let error = store.check_format().unwrap_err().to_string();
+        assert!(error.contains("meta/format"), "{error}");
     }
 }

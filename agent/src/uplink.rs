@@ -268,8 +268,7 @@ async fn receive(agent: &Arc<Agent>, manager: &PeerKey, bytes: &[u8]) {
         if let Err(error) = agent.replica().lock().handle_incoming(now_ms(), manager, bytes) {
             tracing::warn!(%error, "refused a message from the manager");
         }
-        let (events, persists) = agent.replica().take_received();
-        if let Err(error) = agent.apply_remote(events, persists).await {
+        if let Err(error) = agent.store_received().await {
             tracing::error!(%error, "storing memories from the manager failed; they will come again");
             return;
         }

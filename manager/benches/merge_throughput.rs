@@ -18,7 +18,9 @@ use std::{
 };
 
 use murmur_manager::manager::now_ms;
-use murmur_sync::{Config, Engine, MemoryDraft, Persist, SignedChange, SigningKey};
+use murmur_sync::{
+    Config, Engine, InMemoryBodies, MemoryDraft, MemoryRecord, Persist, SignedChange, SigningKey,
+};
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, write_frame};
 
 const SWARM_KEY: [u8; 32] = [0x5a; 32];
@@ -41,9 +43,21 @@ fn vector(seed: u64) -> Vec<f32> {
     v
 }
 
-/// An agent's engine holding `count` memories of realistic size (text ~120 B, metadata, tags,
-/// a 384-dim vector).
-fn agent_engine(index: usize, count: usize) -> (Engine<Key>, Vec<Persist>) {
+/// An agent as the bench drives it: its engine and the bodies it holds.
+struct BenchAgent {
+    engine: Engine<Key>,
+    bodies: InMemoryBodies,
+}
+
+/// What an agent wrote, as a manager's bucket would hold it: changes and bodies.
+struct Written {
+    changes: Vec<Persist>,
+    bodies: Vec<Vec<u8>>,
+}
+
+/// An agent holding `count` memories of realistic size (text ~120 B, metadata, tags, a
+/// 384-dim vector).
+fn agent_engine(index: usize, count: usize) -> (BenchAgent, Written) {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
     let mut engine = Engine::new(
@@ -67,19 +81,24 @@ fn agent_engine(index: usize, count: usize) -> (Engine<Key>, Vec<Persist>) {
             vector: vector((index * 1_000_003 + i) as u64),
         })
         .collect();
+    let mut records = Vec::with_capacity(count);
     for chunk in drafts.chunks(100) {
-        engine.write(now_ms(), chunk).expect("write");
+        records.extend(engine.write(now_ms(), chunk).expect("write"));
     }
-    let persisted = std::iter::from_fn(|| engine.poll_persist()).collect();
-    while engine.poll_event().is_some() {}
+    let mut bodies = InMemoryBodies::new();
+    let (changes, _) = bodies.settle(&mut engine);
     while engine.poll_transmit().is_some() {}
-    (engine, persisted)
+    let written = Written {
+        changes,
+        bodies: records.iter().map(MemoryRecord::encode).collect(),
+    };
+    (BenchAgent { engine, bodies }, written)
 }
 
 /// The peer: the same signed changes verified and applied by one bare engine in this process,
 /// as a manager loading them from its bucket would (no QUIC, no sync rounds, no bucket, no
 /// view).
-fn in_process_apply(changes: &[Persist]) -> Duration {
+fn in_process_apply(written: &[Written]) -> Duration {
     let mut engine: Engine<Key> = Engine::new(
         Config::default(),
         SigningKey::from_bytes(&[0xee; 32]),
@@ -87,17 +106,23 @@ fn in_process_apply(changes: &[Persist]) -> Duration {
         now_ms(),
     )
     .expect("engine");
-    let mut by_shard: BTreeMap<u16, Vec<SignedChange>> = BTreeMap::new();
-    for persist in changes {
+    let shards = engine.config().shards;
+    let mut by_shard: BTreeMap<u16, (Vec<SignedChange>, Vec<Vec<u8>>)> = BTreeMap::new();
+    for persist in written.iter().flat_map(|w| &w.changes) {
         by_shard
             .entry(persist.shard)
             .or_default()
+            .0
             .push(persist.change.clone());
     }
+    for body in written.iter().flat_map(|w| &w.bodies) {
+        let shard = MemoryRecord::id_in(body).expect("a record").shard(shards);
+        by_shard.entry(shard).or_default().1.push(body.clone());
+    }
     let started = Instant::now();
-    for (shard, changes) in by_shard {
+    for (shard, (changes, bodies)) in by_shard {
         engine
-            .apply_stored(shard, changes, Vec::new())
+            .apply_stored(shard, changes, bodies)
             .expect("valid changes");
         while engine.poll_persist().is_some() {}
         while engine.poll_event().is_some() {}
@@ -226,7 +251,7 @@ impl Drop for ManagerProcess {
 async fn agent(
     endpoint: murmur_uplink::quinn::Endpoint,
     manager: std::net::SocketAddr,
-    mut engine: Engine<Key>,
+    mut agent: BenchAgent,
     index: usize,
 ) {
     let mut secret = [0u8; 32];
@@ -236,10 +261,10 @@ async fn agent(
         match murmur_uplink::connect(&endpoint, manager, &credentials, None, "bench-agent").await {
             Ok(session) => {
                 let manager_key = session.peer.key;
-                if let Err(reason) = run_session(session, &mut engine, manager_key).await {
+                if let Err(reason) = run_session(session, &mut agent, manager_key).await {
                     eprintln!("agent {index}: uplink lost ({reason}), reconnecting");
                 }
-                engine.peer_disconnected(&manager_key);
+                agent.engine.peer_disconnected(&manager_key);
             }
             Err(error) => eprintln!("agent {index}: connect failed ({error}), retrying"),
         }
@@ -247,33 +272,32 @@ async fn agent(
     }
 }
 
-fn drain(engine: &mut Engine<Key>) -> Vec<Vec<u8>> {
+fn drain(agent: &mut BenchAgent) -> Vec<Vec<u8>> {
+    agent.bodies.settle(&mut agent.engine);
     let mut out = Vec::new();
-    while let Some(t) = engine.poll_transmit() {
+    while let Some(t) = agent.engine.poll_transmit() {
         out.push(t.bytes);
     }
-    while engine.poll_persist().is_some() {}
-    while engine.poll_event().is_some() {}
     out
 }
 
 async fn run_session(
     session: murmur_uplink::Session,
-    engine: &mut Engine<Key>,
+    agent: &mut BenchAgent,
     manager_key: Key,
 ) -> Result<(), String> {
     let murmur_uplink::Session { mut send, recv, .. } = session;
     let mut frames = FrameReader::spawn(recv, 16 << 20);
-    engine.peer_connected(now_ms(), manager_key);
-    engine.start_round(now_ms(), manager_key);
-    let mut pending = drain(engine);
+    agent.engine.peer_connected(now_ms(), manager_key);
+    agent.engine.start_round(now_ms(), manager_key);
+    let mut pending = drain(agent);
     loop {
         for bytes in pending.drain(..) {
             write_frame(&mut send, &Frame::new(FrameKind::Sync, bytes))
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let sleep = Duration::from_millis(engine.poll_timeout().saturating_sub(now_ms()).min(1000));
+        let sleep = Duration::from_millis(agent.engine.poll_timeout().saturating_sub(now_ms()).min(1000));
         tokio::select! {
             frame = frames.next() => {
                 let frame = match frame {
@@ -281,11 +305,11 @@ async fn run_session(
                     Some(Err(error)) => return Err(error.to_string()),
                     None => return Err("stream closed".into()),
                 };
-                let _ = engine.handle_incoming(now_ms(), &manager_key, &frame.payload);
+                let _ = agent.engine.handle_incoming(now_ms(), &manager_key, &frame.payload);
             }
-            _ = tokio::time::sleep(sleep) => engine.handle_timeout(now_ms()),
+            _ = tokio::time::sleep(sleep) => agent.engine.handle_timeout(now_ms()),
         }
-        pending = drain(engine);
+        pending = drain(agent);
     }
 }
 
@@ -316,9 +340,9 @@ fn main() {
         let per_agent = total / agents;
         let expected = (per_agent * agents) as u64;
         eprintln!("preparing {agents} agents x {per_agent} signed memories…");
-        let (engines, persisted): (Vec<Engine<Key>>, Vec<Vec<Persist>>) =
+        let (engines, written): (Vec<BenchAgent>, Vec<Written>) =
             (0..agents).map(|i| agent_engine(i, per_agent)).unzip();
-        let baseline = in_process_apply(&persisted.concat());
+        let baseline = in_process_apply(&written);
 
         let dir = tempfile::tempdir().expect("tempdir");
         let manager = ManagerProcess::start(dir.path());

@@ -3,12 +3,14 @@
 //!
 //! Layout (under the bucket URL's path; `docs/manager.md` documents it for users):
 //! - `murmur.json`: format marker and the swarm's shard count, created once (conditional put).
-//! - `v1/changes/<writer>/<seq>.seg`: immutable segments of signed changes. `<writer>` is a
+//! - `v1/changes/<writer>/<seq>.seg`: immutable segments of signed changes and the memory
+//!   bodies (signed records) that became visible with them. `<writer>` is a
 //!   UUIDv7 made by each manager process at start, `<seq>` counts up from 1; every put is
 //!   conditional on the object not existing, so no object is ever overwritten, by this manager
 //!   or any other. State = the union of every segment (CRDT merge commutes).
 //! - `v1/compacted/<writer>/<seq>.seg`: a segment holding the changes of the segments it
-//!   lists (their keys are in its header); they are deleted only after it is durable.
+//!   lists (their keys are in its header) and the bodies of their memories not deleted since;
+//!   they are deleted only after it is durable, so a deleted body leaves the bucket then.
 //! - `v1/analytics/...`: Parquet exports (see `export.rs`).
 
 use std::{collections::BTreeSet, sync::Arc};
@@ -20,8 +22,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const LAYOUT_VERSION: u32 = 1;
-const SEGMENT_MAGIC: &[u8; 8] = b"MMSEG01\n";
+/// 2: documents hold entries and segments carry the bodies beside them (sync wire version 2).
+const LAYOUT_VERSION: u32 = 2;
+const SEGMENT_MAGIC: &[u8; 8] = b"MMSEG02\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
@@ -51,6 +54,8 @@ struct LayoutMarker {
 pub struct Segment {
     pub path: Path,
     pub changes: Vec<(u16, SignedChange)>,
+    /// Signed memory records whose entries are in this or an earlier segment.
+    pub bodies: Vec<Vec<u8>>,
     /// For compacted segments: the segments whose changes this one includes.
     pub covers: Vec<String>,
 }
@@ -168,27 +173,34 @@ impl Bucket {
         Ok(())
     }
 
-    /// Writes `changes` as this manager's next segment; returns its path once durable.
-    pub async fn write_segment(&self, changes: &[(u16, SignedChange)]) -> Result<Path, BucketError> {
-        self.write_segment_in("changes", changes, &[]).await
+    /// Writes `changes` and `bodies` as this manager's next segment; returns its path once
+    /// durable.
+    pub async fn write_segment(
+        &self,
+        changes: &[(u16, SignedChange)],
+        bodies: &[Vec<u8>],
+    ) -> Result<Path, BucketError> {
+        self.write_segment_in("changes", changes, bodies, &[]).await
     }
 
-    /// Writes a segment that holds the changes of `covers` (compaction).
+    /// Writes a segment that holds the changes (and the kept bodies) of `covers` (compaction).
     pub async fn write_compacted(
         &self,
         changes: &[(u16, SignedChange)],
+        bodies: &[Vec<u8>],
         covers: &[String],
     ) -> Result<Path, BucketError> {
-        self.write_segment_in("compacted", changes, covers).await
+        self.write_segment_in("compacted", changes, bodies, covers).await
     }
 
     async fn write_segment_in(
         &self,
         area: &str,
         changes: &[(u16, SignedChange)],
+        bodies: &[Vec<u8>],
         covers: &[String],
     ) -> Result<Path, BucketError> {
-        let body = encode_segment(changes, covers);
+        let body = encode_segment(changes, bodies, covers);
         loop {
             let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = self.path(&format!("v1/{area}/{}/{seq:012}.seg", self.writer));
@@ -249,13 +261,18 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let (changes, covers) = decode_segment(&bytes).map_err(|reason| BucketError::Corrupt {
+        let Decoded {
+            changes,
+            bodies,
+            covers,
+        } = decode_segment(&bytes).map_err(|reason| BucketError::Corrupt {
             path: path.to_owned(),
             reason,
         })?;
         Ok(Some(Segment {
             path: location,
             changes,
+            bodies,
             covers,
         }))
     }
@@ -268,9 +285,13 @@ impl Bucket {
     }
 }
 
-/// `magic, u32 covers, (u16 len, key)*, u32 changes, (u16 shard, u32 len, change)*, sha256`.
-fn encode_segment(changes: &[(u16, SignedChange)], covers: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + changes.iter().map(|(_, c)| c.bytes.len() + 70).sum::<usize>());
+/// `magic, u32 covers, (u16 len, key)*, u32 changes, (u16 shard, u32 len, change)*,
+/// u32 bodies, (u32 len, record)*, sha256`.
+fn encode_segment(changes: &[(u16, SignedChange)], bodies: &[Vec<u8>], covers: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + changes.iter().map(|(_, c)| c.bytes.len() + 70).sum::<usize>()
+            + bodies.iter().map(|b| b.len() + 4).sum::<usize>(),
+    );
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(covers.len() as u32).to_be_bytes());
     for key in covers {
@@ -284,12 +305,22 @@ fn encode_segment(changes: &[(u16, SignedChange)], covers: &[String]) -> Vec<u8>
         out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
         out.extend_from_slice(&encoded);
     }
+    out.extend_from_slice(&(bodies.len() as u32).to_be_bytes());
+    for body in bodies {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
     let digest = Sha256::digest(&out);
     out.extend_from_slice(&digest);
     out
 }
 
-type Decoded = (Vec<(u16, SignedChange)>, Vec<String>);
+#[derive(Debug)]
+struct Decoded {
+    changes: Vec<(u16, SignedChange)>,
+    bodies: Vec<Vec<u8>>,
+    covers: Vec<String>,
+}
 
 fn decode_segment(bytes: &[u8]) -> Result<Decoded, String> {
     if bytes.len() < SEGMENT_MAGIC.len() + 8 + 32 || &bytes[..8] != SEGMENT_MAGIC {
@@ -315,10 +346,20 @@ fn decode_segment(bytes: &[u8]) -> Result<Decoded, String> {
         let change = SignedChange::decode(reader.take(len)?).map_err(|e| e.to_string())?;
         changes.push((shard, change));
     }
+    let count = reader.u32()? as usize;
+    let mut bodies = Vec::with_capacity(count.min(1 << 20));
+    for _ in 0..count {
+        let len = reader.u32()? as usize;
+        bodies.push(reader.take(len)?.to_vec());
+    }
     if reader.at != body.len() {
         return Err("trailing bytes".into());
     }
-    Ok((changes, covers))
+    Ok(Decoded {
+        changes,
+        bodies,
+        covers,
+    })
 }
 
 struct Reader<'a> {
@@ -367,10 +408,12 @@ mod tests {
     fn segments_round_trip_and_damage_is_detected() {
         let changes = vec![change(1), change(2)];
         let covers = vec!["v1/changes/a/000000000001.seg".to_owned()];
-        let bytes = encode_segment(&changes, &covers);
-        let (back, back_covers) = decode_segment(&bytes).unwrap();
-        assert_eq!(back, changes);
-        assert_eq!(back_covers, covers);
+        let bodies = vec![vec![7u8; 33], Vec::new(), vec![9u8; 2]];
+        let bytes = encode_segment(&changes, &bodies, &covers);
+        let back = decode_segment(&bytes).unwrap();
+        assert_eq!(back.changes, changes);
+        assert_eq!(back.bodies, bodies);
+        assert_eq!(back.covers, covers);
         assert!(decode_segment(&bytes[..bytes.len() - 1]).is_err());
         let mut flipped = bytes.clone();
         flipped[20] ^= 1;
@@ -393,8 +436,8 @@ mod tests {
                 configured: 8
             })
         ));
-        let pa = a.write_segment(&[change(1)]).await.unwrap();
-        let pb = b.write_segment(&[change(2)]).await.unwrap();
+        let pa = a.write_segment(&[change(1)], &[]).await.unwrap();
+        let pb = b.write_segment(&[change(2)], &[vec![1, 2, 3]]).await.unwrap();
         assert_ne!(pa, pb);
         let listed = a.list_segments().await.unwrap();
         assert_eq!(listed.len(), 2);

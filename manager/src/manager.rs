@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use murmur_sync::{Destination, Engine, Event, MemoryDraft, MemoryRecord, Persist, SignedChange, SigningKey};
+use murmur_sync::{
+    Destination, Engine, Event, MemoryDraft, MemoryId, MemoryRecord, Persist, SignedChange, SigningKey,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -197,7 +199,8 @@ impl Manager {
         if fresh.is_empty() {
             return Ok((0, 0));
         }
-        let mut by_shard: BTreeMap<u16, Vec<SignedChange>> = BTreeMap::new();
+        let shards = self.engine().config().shards;
+        let mut by_shard: BTreeMap<u16, ShardInput> = BTreeMap::new();
         let mut read = Vec::new();
         let mut total = 0;
         for path in fresh {
@@ -205,7 +208,13 @@ impl Manager {
                 Ok(Some(segment)) => {
                     total += segment.changes.len();
                     for (shard, change) in segment.changes {
-                        by_shard.entry(shard).or_default().push(change);
+                        by_shard.entry(shard).or_default().0.push(change);
+                    }
+                    for body in segment.bodies {
+                        // A body names its id, and its id its shard; one with no id is left
+                        // for the engine to refuse with its shard's batch.
+                        let shard = MemoryRecord::id_in(&body).map_or(0, |id| id.shard(shards));
+                        by_shard.entry(shard).or_default().1.push(body);
                     }
                     read.extend(segment.covers);
                 }
@@ -222,12 +231,15 @@ impl Manager {
             }
             read.push(path);
         }
-        let mut stored = HashSet::new();
+        let mut stored = Stored::default();
         {
             let mut engine = self.engine();
-            for (shard, changes) in by_shard {
-                stored.extend(changes.iter().map(change_id));
-                if let Err(error) = engine.apply_stored(shard, changes, Vec::new()) {
+            for (shard, (changes, bodies)) in by_shard {
+                stored.changes.extend(changes.iter().map(change_id));
+                stored
+                    .bodies
+                    .extend(bodies.iter().filter_map(|b| MemoryRecord::id_in(b)));
+                if let Err(error) = engine.apply_stored(shard, changes, bodies) {
                     // Another writer's bad segment must not stop this manager; its changes
                     // are left out (and counted) rather than trusted.
                     self.metrics.bucket_changes_refused.inc();
@@ -244,9 +256,10 @@ impl Manager {
         Ok((segments, total))
     }
 
-    /// Makes what the engine accepted durable, then lets the rest of the world see it: view,
-    /// metrics, messages to agents. `already_stored` are changes read from the bucket.
-    async fn commit(&self, already_stored: &HashSet<[u8; 32]>) -> anyhow::Result<()> {
+    /// Makes what the engine accepted durable (its changes, and the bodies of the memories it
+    /// showed), then lets the rest of the world see it: view, metrics, answers to agents.
+    /// `already_stored` is what was read from the bucket.
+    async fn commit(&self, already_stored: &Stored) -> anyhow::Result<()> {
         let (persists, events) = {
             let mut engine = self.engine();
             let mut persists: Vec<Persist> = Vec::new();
@@ -261,14 +274,23 @@ impl Manager {
         };
         let to_store: Vec<(u16, SignedChange)> = persists
             .into_iter()
-            .filter(|p| !already_stored.contains(&change_id(&p.change)))
+            .filter(|p| !already_stored.changes.contains(&change_id(&p.change)))
             .map(|p| (p.shard, p.change))
             .collect();
-        if !to_store.is_empty() {
+        let bodies: Vec<Vec<u8>> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::MemoryAdded(record) if !already_stored.bodies.contains(&record.id) => {
+                    Some(record.encode())
+                }
+                _ => None,
+            })
+            .collect();
+        if !to_store.is_empty() || !bodies.is_empty() {
             let started = std::time::Instant::now();
             let mut attempt = 0u32;
             let path = loop {
-                match self.bucket.write_segment(&to_store).await {
+                match self.bucket.write_segment(&to_store, &bodies).await {
                     Ok(path) => break path,
                     Err(error) => {
                         attempt += 1;
@@ -286,7 +308,7 @@ impl Manager {
             self.metrics
                 .segment_seconds
                 .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(%path, changes = to_store.len(), "segment written");
+            tracing::debug!(%path, changes = to_store.len(), bodies = bodies.len(), "segment written");
             self.seen_segments
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -313,8 +335,28 @@ impl Manager {
             self.metrics.memories_live.set(view.memories.len() as i64);
             self.metrics.memories_deleted.set(view.deletions.len() as i64);
         }
+        self.answer_body_requests();
         self.send_transmits();
         Ok(())
+    }
+
+    /// Answers agents that asked for bodies, from the view: it holds every memory shown here
+    /// once its segment is durable, which the commit before this call made sure of.
+    fn answer_body_requests(&self) {
+        let mut engine = self.engine();
+        let requests: Vec<_> = std::iter::from_fn(|| engine.poll_body_request()).collect();
+        if requests.is_empty() {
+            return;
+        }
+        let view = self.view();
+        for request in requests {
+            let bodies: Vec<Vec<u8>> = request
+                .ids
+                .iter()
+                .filter_map(|id| view.memories.get(id).map(MemoryRecord::encode))
+                .collect();
+            engine.answer_bodies(&request.peer, bodies);
+        }
     }
 
     fn send_transmits(&self) {
@@ -505,7 +547,7 @@ impl Manager {
     ) -> anyhow::Result<()> {
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let none = HashSet::new();
+        let none = Stored::default();
         loop {
             let wake_at = self.engine().poll_timeout();
             let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()));
@@ -612,6 +654,8 @@ impl Manager {
         }
         let mut changes = Vec::new();
         let mut ids = HashSet::new();
+        let mut bodies = Vec::new();
+        let mut body_ids = HashSet::new();
         let mut covers = Vec::new();
         for path in &covered {
             match self.bucket.read_segment(path).await {
@@ -621,6 +665,18 @@ impl Manager {
                             changes.push((shard, change));
                         }
                     }
+                    // A deleted memory's body is not carried over: this is where the bucket
+                    // erases it. Its entry and tombstone stay in the changes.
+                    let engine = self.engine();
+                    for body in segment.bodies {
+                        if let Some(id) = MemoryRecord::id_in(&body)
+                            && !engine.is_deleted(&id)
+                            && body_ids.insert(id)
+                        {
+                            bodies.push(body);
+                        }
+                    }
+                    drop(engine);
                     covers.push(path.clone());
                 }
                 // Neither covered nor deleted: a damaged segment stays for an operator to see.
@@ -628,7 +684,7 @@ impl Manager {
                 Err(error) => return Err(error.into()),
             }
         }
-        let path = self.bucket.write_compacted(&changes, &covers).await?;
+        let path = self.bucket.write_compacted(&changes, &bodies, &covers).await?;
         self.seen_segments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -637,10 +693,20 @@ impl Manager {
             self.bucket.delete(old).await?;
         }
         self.metrics.compactions.inc();
-        tracing::info!(%path, segments = covers.len(), changes = changes.len(), "compacted segments");
+        tracing::info!(%path, segments = covers.len(), changes = changes.len(), bodies = bodies.len(), "compacted segments");
         Ok(Some(covers.len()))
     }
 }
+
+/// What was read from the bucket in one pass, so committing it does not write it again.
+#[derive(Default)]
+struct Stored {
+    changes: HashSet<[u8; 32]>,
+    bodies: HashSet<MemoryId>,
+}
+
+/// One shard's changes and bodies read from the bucket.
+type ShardInput = (Vec<SignedChange>, Vec<Vec<u8>>);
 
 type PublishReply = (
     oneshot::Sender<Result<Vec<MemoryRecord>, PublishError>>,

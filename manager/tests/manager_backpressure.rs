@@ -13,7 +13,7 @@ use std::{
 
 use common::*;
 use murmur_manager::manager::now_ms;
-use murmur_sync::{Config, Engine, MemoryDraft, SigningKey};
+use murmur_sync::{Config, Engine, InMemoryBodies, MemoryDraft, SigningKey};
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, client_endpoint, connect, write_frame};
 
 type Key = [u8; 32];
@@ -24,9 +24,15 @@ fn credentials(seed: u8) -> Credentials {
     Credentials::new(SigningKey::from_bytes(&[seed; 32]), Some(swarm_key))
 }
 
-fn drain(engine: &mut Engine<Key>) -> Vec<Vec<u8>> {
-    while engine.poll_persist().is_some() {}
-    while engine.poll_event().is_some() {}
+/// An agent as the test drives it: its engine and the bodies it holds.
+struct TestAgent {
+    engine: Engine<Key>,
+    bodies: InMemoryBodies,
+}
+
+fn drain(agent: &mut TestAgent) -> Vec<Vec<u8>> {
+    agent.bodies.settle(&mut agent.engine);
+    let engine = &mut agent.engine;
     std::iter::from_fn(|| engine.poll_transmit())
         .map(|t| t.bytes)
         .collect()
@@ -38,7 +44,7 @@ async fn sync_until(
     endpoint: &murmur_uplink::quinn::Endpoint,
     manager: std::net::SocketAddr,
     seed: u8,
-    engine: &mut Engine<Key>,
+    agent: &mut TestAgent,
     want: usize,
     pause: Duration,
     held: Arc<AtomicUsize>,
@@ -49,16 +55,16 @@ async fn sync_until(
     let manager_key = session.peer.key;
     let murmur_uplink::Session { mut send, recv, .. } = session;
     let mut frames = FrameReader::spawn(recv, 16 << 20);
-    engine.peer_connected(now_ms(), manager_key);
-    engine.start_round(now_ms(), manager_key);
+    agent.engine.peer_connected(now_ms(), manager_key);
+    agent.engine.start_round(now_ms(), manager_key);
     let deadline = Instant::now() + Duration::from_secs(180);
-    let mut pending = drain(engine);
-    while engine.visible_count() < want {
+    let mut pending = drain(agent);
+    while agent.engine.visible_count() < want {
         if want != usize::MAX {
             assert!(
                 Instant::now() < deadline,
                 "held {} of {want}",
-                engine.visible_count()
+                agent.engine.visible_count()
             );
         }
         for bytes in pending.drain(..) {
@@ -66,23 +72,23 @@ async fn sync_until(
                 .await
                 .unwrap();
         }
-        let wake = Duration::from_millis(engine.poll_timeout().saturating_sub(now_ms()).min(500));
+        let wake = Duration::from_millis(agent.engine.poll_timeout().saturating_sub(now_ms()).min(500));
         tokio::select! {
             frame = frames.next() => {
                 let frame = frame.expect("uplink open").expect("frame");
-                engine.handle_incoming(now_ms(), &manager_key, &frame.payload).expect("honest manager");
+                agent.engine.handle_incoming(now_ms(), &manager_key, &frame.payload).expect("honest manager");
                 tokio::time::sleep(pause).await;
             }
-            _ = tokio::time::sleep(wake) => engine.handle_timeout(now_ms()),
+            _ = tokio::time::sleep(wake) => agent.engine.handle_timeout(now_ms()),
         }
-        pending = drain(engine);
-        held.store(engine.visible_count(), Ordering::SeqCst);
+        pending = drain(agent);
+        held.store(agent.engine.visible_count(), Ordering::SeqCst);
     }
 }
 
 /// An engine holding `count` memories (6 KB of text each) by the author `seed`.
-fn writer(seed: u8, count: usize) -> Engine<Key> {
-    let mut engine: Engine<Key> = Engine::new(
+fn writer(seed: u8, count: usize) -> TestAgent {
+    let engine: Engine<Key> = Engine::new(
         Config::default(),
         SigningKey::from_bytes(&[seed; 32]),
         seed.into(),
@@ -99,11 +105,15 @@ fn writer(seed: u8, count: usize) -> Engine<Key> {
             vector: vec![1.0, 0.0, 0.0, 0.0],
         })
         .collect();
+    let mut agent = TestAgent {
+        engine,
+        bodies: InMemoryBodies::new(),
+    };
     for chunk in drafts.chunks(200) {
-        engine.write(now_ms(), chunk).unwrap();
+        agent.engine.write(now_ms(), chunk).unwrap();
     }
-    drain(&mut engine);
-    engine
+    drain(&mut agent);
+    agent
 }
 
 /// Uploads what `engine` holds until the manager holds `total` memories.
@@ -112,7 +122,7 @@ fn upload(
     endpoint: &murmur_uplink::quinn::Endpoint,
     manager: &ManagerProcess,
     seed: u8,
-    mut engine: Engine<Key>,
+    mut agent: TestAgent,
     total: u64,
 ) {
     let uplink: std::net::SocketAddr = manager.uplink.parse().unwrap();
@@ -124,7 +134,7 @@ fn upload(
             &endpoint,
             uplink,
             seed,
-            &mut engine,
+            &mut agent,
             usize::MAX,
             Duration::ZERO,
             held,
@@ -156,11 +166,14 @@ fn a_slow_agent_is_held_back_while_its_outbox_is_long_and_then_catches_up() {
     let slow = {
         let (endpoint, held) = (endpoint.clone(), held.clone());
         runtime.spawn(async move {
-            let mut slow: Engine<Key> =
-                Engine::new(Config::default(), SigningKey::from_bytes(&[2; 32]), 2, now_ms()).unwrap();
+            let mut slow = TestAgent {
+                engine: Engine::new(Config::default(), SigningKey::from_bytes(&[2; 32]), 2, now_ms())
+                    .unwrap(),
+                bodies: InMemoryBodies::new(),
+            };
             let pause = Duration::from_millis(40);
             sync_until(&endpoint, uplink, 2, &mut slow, count + 100, pause, held).await;
-            slow.visible_count()
+            slow.engine.visible_count()
         })
     };
     wait_until(180, "the slow agent to catch up", || {

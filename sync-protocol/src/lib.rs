@@ -6,6 +6,7 @@
 //! The agent drives it over libp2p, the manager over QUIC and the simulator over a modelled
 //! network, so all three run exactly this code.
 
+mod bodies;
 mod codec;
 mod engine;
 mod entry;
@@ -15,6 +16,7 @@ mod message;
 mod record;
 mod shard;
 
+pub use bodies::InMemoryBodies;
 pub use engine::{BodyRequest, Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit};
 pub use entry::{BodyHash, ENTRY_BYTES, MemoryEntry, body_hash};
 pub use error::{DecodeError, LoadError, ProtocolError, RecordError, WriteError};

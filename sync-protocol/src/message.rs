@@ -15,11 +15,11 @@ use crate::{
 pub enum Format {
     /// Wire version 1: each record is a value in its shard document, so every replica keeps
     /// every body ever written (deleted ones too) in its documents.
-    #[default]
     InlineBodies,
     /// Wire version 2: documents hold a [`MemoryEntry`](crate::MemoryEntry) per memory (author,
     /// nonce, body hash) and tombstones; bodies travel beside changes (in pushes, and asked
     /// for by id after anti-entropy), live in the driver's store and are erased on delete.
+    #[default]
     BodiesByHash,
 }
 

@@ -1,5 +1,9 @@
 //! A member that relays tampered records, forges deletes or rewrites history cannot change what
 //! honest replicas expose: each attempt is refused whole and leaves their state as it was.
+//!
+//! These attacks are written against the inline format, where the documents hold whole records
+//! to tamper with; the gate they exercise is the same in both formats. The attacks particular
+//! to bodies by hash (swapped bodies, bodies without entries) are in `bodies.rs`.
 
 mod common;
 
@@ -29,6 +33,7 @@ struct World {
 fn world() -> World {
     let config = Config {
         shards: 4,
+        format: Format::InlineBodies,
         ..Config::default()
     };
     let a_key = common::key_for(1, 0);
@@ -254,6 +259,7 @@ fn honest_deletes_by_author_and_admin_are_accepted_and_others_not() {
     let config = Config {
         shards: 4,
         admins: vec![admin.verifying_key().to_bytes()],
+        format: Format::InlineBodies,
         ..Config::default()
     };
     let mut rng = fastrand::Rng::with_seed(5);
@@ -289,6 +295,7 @@ fn a_large_batch_is_split_into_changes_that_each_fit_a_message() {
     let config = Config {
         shards: 1,
         max_message_bytes: 64 * 1024,
+        format: Format::InlineBodies,
         ..Config::default()
     };
     let mut writer = Engine::<usize>::new(config.clone(), common::key_for(4, 0), 1, 0).unwrap();

@@ -667,8 +667,7 @@ impl Driver {
     /// Stores what the engine accepted, then sends what it queued. The caller holds the
     /// agent's write guard.
     async fn flush_locked(&mut self) {
-        let (events, persists) = self.agent.replica().take_received();
-        if let Err(error) = self.agent.apply_remote(events, persists).await {
+        if let Err(error) = self.agent.store_received().await {
             tracing::error!(%error, "storing memories from peers failed; they will come again");
             return;
         }
