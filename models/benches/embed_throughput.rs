@@ -2,6 +2,10 @@
 //! Both print one JSON object in the same shape; scripts/bench-embed.sh runs them side by side.
 //!
 //! cargo bench -p murmur-models --bench embed_throughput -- [--seconds S] [--batches 1,8,32] [--plain]
+//!     [--device cuda] [--sentences FILE]
+//!
+//! `--device cuda` needs a build with `--features cuda` and a CUDA build of ONNX Runtime (the
+//! `onnxruntime-gpu` wheel's library) in `ORT_DYLIB_PATH`.
 //!
 //! `--plain` turns length bucketing off, so each call's texts run in one padded batch exactly
 //! as the Python peer runs them: the like-for-like comparison of the two implementations.
@@ -9,7 +13,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use murmur_models::{CacheDir, Embedder, EmbedderOptions, ModelConfig, Runtime, runtime::locate_runtime};
+use murmur_models::{
+    CacheDir, Device, Embedder, EmbedderOptions, ModelConfig, Runtime, runtime::locate_runtime,
+};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -29,19 +35,25 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()
         .context("--batches")?;
 
-    let corpus = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/bench_sentences.txt"
-    ))
-    .context("reading the benchmark sentences")?;
+    // `--sentences` for a copy of the binary run away from its checkout (a GPU machine).
+    let sentences_path = value("--sentences")
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/bench_sentences.txt").to_owned());
+    let corpus = std::fs::read_to_string(&sentences_path)
+        .with_context(|| format!("reading the benchmark sentences {sentences_path}"))?;
     let sentences: Vec<&str> = corpus.lines().filter(|l| !l.trim().is_empty()).collect();
 
     let cache = CacheDir::resolve(None)?;
     let started = Instant::now();
     let runtime = Runtime::load(&locate_runtime(None, &cache)?)?;
     let plain = args.iter().any(|a| a == "--plain");
+    let device = match value("--device").as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda { device_id: 0 },
+        Some(other) => anyhow::bail!("--device {other}: expected cpu or cuda"),
+    };
     let options = EmbedderOptions {
         length_bucketing: !plain,
+        device,
         ..EmbedderOptions::default()
     };
     let embedder = Embedder::load(&runtime, &ModelConfig::default_model(&cache), &options)?;
@@ -54,7 +66,7 @@ fn main() -> Result<()> {
         throughput.insert(batch.to_string(), per_second.into());
     }
     let report = serde_json::json!({
-        "implementation": if plain { "rust-plain" } else { "rust" },
+        "implementation": format!("{}{}", if plain { "rust-plain" } else { "rust" }, if device == Device::Cpu { "" } else { "-cuda" }),
         "sentences": sentences.len(),
         "load_seconds": load_seconds,
         "rss_after_load_kib": rss_after_load,

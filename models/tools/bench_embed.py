@@ -1,6 +1,6 @@
 """Python onnxruntime peer of models/benches/embed_throughput.rs: same files, sentences, method.
 
-    python3 models/tools/bench_embed.py [--seconds S] [--batches 1,8,32]
+    python3 models/tools/bench_embed.py [--seconds S] [--batches 1,8,32] [--device cuda]
 """
 
 import argparse
@@ -41,17 +41,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     with open(os.path.join(HERE, "..", "testdata", "bench_sentences.txt"), encoding="utf-8") as f:
         sentences = [line.rstrip("\n") for line in f if line.strip()]
-    embedder = PyEmbedder()
+    embedder = PyEmbedder(device=args.device)
+    if args.device == "cuda" and "CUDAExecutionProvider" not in embedder.session.get_providers():
+        sys.exit("CUDAExecutionProvider did not load: " + ",".join(embedder.session.get_providers()))
     load_seconds = time.perf_counter() - started
     rss_after_load = proc_status_kib("VmRSS:")
     throughput = {b: measure(embedder, sentences, int(b), args.seconds) for b in args.batches.split(",")}
     print(
         json.dumps(
             {
-                "implementation": "python",
+                "implementation": "python" if args.device == "cpu" else "python-cuda",
                 "sentences": len(sentences),
                 "load_seconds": load_seconds,
                 "rss_after_load_kib": rss_after_load,

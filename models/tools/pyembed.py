@@ -24,7 +24,7 @@ def model_dir():
 
 
 class PyEmbedder:
-    def __init__(self, directory=None, threads=0):
+    def __init__(self, directory=None, threads=0, device="cpu"):
         directory = directory or model_dir()
         self.tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
@@ -35,7 +35,9 @@ class PyEmbedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            os.path.join(directory, "model.onnx"), options, providers=["CPUExecutionProvider"]
+            os.path.join(directory, "model.onnx"), options, providers=(
+                ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+            )
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
 
