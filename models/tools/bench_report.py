@@ -16,7 +16,8 @@ def main(paths):
     for path in paths:
         with open(path) as f:
             result = json.load(f)
-        runs.setdefault(result["implementation"], []).append(result)
+        # The same table for a GPU run: "rust-cuda" is the Rust side, and so on.
+        runs.setdefault(result["implementation"].removesuffix("-cuda"), []).append(result)
     python = runs["python"]
     rusts = [k for k in ("rust", "rust-plain") if k in runs]
     median = statistics.median
