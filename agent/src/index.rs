@@ -3,9 +3,10 @@
 //! missing, stale or corrupt.
 
 use std::{
+    collections::HashSet,
     fs,
     path::{Path, PathBuf},
-    sync::RwLock,
+    sync::{Mutex, RwLock},
 };
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,12 @@ pub struct VectorIndex {
     index: RwLock<Index>,
     dimensions: usize,
     settings: IndexSettings,
+    /// The stored bytes of removed vectors whose slots may not be reused yet. usearch only
+    /// marks a removed vector's slot free (its compaction reorders slots, it keeps them all), so
+    /// the vector stays in RAM and in every saved file until an add reuses the slot; a save
+    /// overwrites these rows in what it writes, so a deleted memory's vector never outlives
+    /// the next save on disk.
+    removed: Mutex<HashSet<Vec<u8>>>,
 }
 
 fn index_error<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> AgentError + '_ {
@@ -96,6 +103,7 @@ impl VectorIndex {
             index: RwLock::new(index),
             dimensions,
             settings,
+            removed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -148,12 +156,109 @@ impl VectorIndex {
             let grown = (index.capacity() * 2).max(1024);
             index.reserve(grown).map_err(index_error("growing"))?;
         }
-        index.add(label, vector).map_err(index_error("adding"))
+        index.add(label, vector).map_err(index_error("adding"))?;
+        // A live vector equal to a removed one (the same text written again) must not be
+        // overwritten in saved files: nothing of the deleted memory is left that it does not
+        // already show.
+        let mut removed = self.removed_rows();
+        if !removed.is_empty()
+            && let Some(stored) = self.stored_bytes(&index, label)?
+        {
+            removed.remove(&stored);
+        }
+        Ok(())
     }
 
     pub fn remove(&self, label: u64) -> Result<()> {
-        self.write().remove(label).map_err(index_error("removing"))?;
+        let index = self.write();
+        let stored = self.stored_bytes(&index, label)?;
+        index.remove(label).map_err(index_error("removing"))?;
+        if let Some(stored) = stored {
+            self.removed_rows().insert(stored);
+        }
         Ok(())
+    }
+
+    fn removed_rows(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+        self.removed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes usearch keeps for `label`'s vector (its quantised form), if it holds one.
+    fn stored_bytes(&self, index: &Index, label: u64) -> Result<Option<Vec<u8>>> {
+        let dims = self.dimensions;
+        let (found, bytes) = match self.settings.quantization {
+            Quantization::F32 => {
+                let mut v = vec![0f32; dims];
+                let found = index.get(label, &mut v).map_err(index_error("reading"))?;
+                (found, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            Quantization::F16 => {
+                let mut v = vec![0i16; dims];
+                let found = index
+                    .get(label, usearch::f16::from_mut_i16s(&mut v))
+                    .map_err(index_error("reading"))?;
+                (found, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            Quantization::I8 => {
+                let mut v = vec![0i8; dims];
+                let found = index.get(label, &mut v).map_err(index_error("reading"))?;
+                (found, v.iter().map(|x| x.to_le_bytes()[0]).collect())
+            }
+        };
+        Ok((found > 0).then_some(bytes))
+    }
+
+    /// A unit vector in the index's stored form: what overwrites a removed vector's row in a
+    /// saved file. The graph still routes through removed nodes, so their rows must stay
+    /// finite vectors, not zeros (a zero vector has no cosine).
+    fn placeholder_row(&self) -> Vec<u8> {
+        let (one, width): (&[u8], usize) = match self.settings.quantization {
+            Quantization::F32 => (&[0x00, 0x00, 0x80, 0x3f], 4),
+            Quantization::F16 => (&[0x00, 0x3c], 2),
+            Quantization::I8 => (&[0x7f], 1),
+        };
+        let mut row = vec![0u8; self.dimensions * width];
+        row[..width].copy_from_slice(one);
+        row
+    }
+
+    /// Overwrites, in a serialised index, the rows of removed vectors (usearch's layout: u32
+    /// rows, u32 bytes per row, then the rows), and forgets those whose slots were reused.
+    fn scrub_removed(&self, buffer: &mut [u8]) -> Result<usize> {
+        let mut removed = self.removed_rows();
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        let placeholder = self.placeholder_row();
+        let header = |at: usize| {
+            buffer
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes)
+        };
+        let (Some(rows), Some(width)) = (header(0), header(4)) else {
+            return Err(AgentError::Index(
+                "a serialised index shorter than its header".into(),
+            ));
+        };
+        let (rows, width) = (rows as usize, width as usize);
+        if width != placeholder.len() || buffer.len() < 8 + rows * width {
+            return Err(AgentError::Index(format!(
+                "unexpected serialised index layout ({rows} rows of {width} bytes, expected {} bytes)",
+                placeholder.len()
+            )));
+        }
+        let mut found = HashSet::new();
+        for row in buffer[8..8 + rows * width].chunks_exact_mut(width) {
+            if removed.contains(&*row) {
+                found.insert(row.to_vec());
+                row.copy_from_slice(&placeholder);
+            }
+        }
+        let scrubbed = found.len();
+        tracing::debug!(scrubbed, rows, "removed vectors overwritten in the saved index");
+        removed.retain(|row| found.contains(row));
+        Ok(scrubbed)
     }
 
     /// Approximate top-`k` by cosine similarity, as (label, similarity), best first; only
@@ -195,13 +300,15 @@ impl VectorIndex {
         result
     }
 
-    /// Writes the index and its meta atomically (temp files, fsync, rename).
+    /// Writes the index and its meta atomically (temp files, fsync, rename), with no removed
+    /// vector in what it writes.
     pub fn save(&self, dir: &Path, generation: u64, model_id: &str) -> Result<()> {
         let index = self.read();
         let mut buffer = vec![0u8; index.serialized_length()];
         index
             .save_to_buffer(&mut buffer)
             .map_err(index_error("serialising"))?;
+        self.scrub_removed(&mut buffer)?;
         let meta = IndexMeta {
             format: FORMAT,
             generation,
@@ -260,6 +367,7 @@ impl VectorIndex {
             index: RwLock::new(index),
             dimensions,
             settings,
+            removed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -313,9 +421,22 @@ mod tests {
         assert_eq!(filtered.len(), 10);
         assert!(filtered.iter().all(|(l, _)| l % 2 == 1));
 
+        // 45's slot stays free (an add reuses the oldest free slot, 42's); 44's vector is
+        // written again under a new label, so its bytes stay.
+        index.remove(45).unwrap();
+        index.remove(44).unwrap();
+        index.add(5000, &unit(44, 8)).unwrap();
         index.save(dir.path(), 9, "m").unwrap();
         let loaded = VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m").unwrap();
         assert_eq!(loaded.len(), index.len());
+        let hits = loaded.search(&unit(44, 8), 1, None).unwrap();
+        assert_eq!(hits[0].0, 5000);
+        assert!(hits[0].1 > 0.99);
+        let hits = loaded.search(&unit(43, 8), 1, None).unwrap();
+        assert_eq!(
+            hits[0].0, 43,
+            "searches through the overwritten rows still find their target"
+        );
         assert!(
             VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m").is_err(),
             "stale"
@@ -326,6 +447,24 @@ mod tests {
         );
 
         let mut bytes = fs::read(dir.path().join(INDEX_FILE)).unwrap();
+        let f16_bytes = |v: Vec<f32>| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect()
+        };
+        let holds = |bytes: &[u8], v: &[u8]| bytes.windows(v.len()).any(|w| w == v);
+        assert!(
+            holds(&bytes, &f16_bytes(unit(43, 8))),
+            "a kept vector is in the file"
+        );
+        assert!(
+            holds(&bytes, &f16_bytes(unit(44, 8))),
+            "a re-added vector is in the file"
+        );
+        assert!(
+            !holds(&bytes, &f16_bytes(unit(45, 8))),
+            "a removed vector was saved"
+        );
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
         fs::write(dir.path().join(INDEX_FILE), &bytes).unwrap();

@@ -2,6 +2,7 @@
 //! meaning, over a local HTTP API. See docs/ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod body_file;
 pub mod client;
 pub mod config;
 pub mod error;

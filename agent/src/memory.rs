@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::{AgentError, Result};
+use crate::{
+    body_file::Slot,
+    error::{AgentError, Result},
+};
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -191,13 +194,75 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// On-disk form of a memory (format 3): the signed record exactly as the swarm holds it, so it
-/// is stored once and peers asking for it are answered from it, behind the local index label
-/// and a CRC32 over both, so a damaged byte is found when the row is read, never served.
+/// A memory's row in the store (format 4): its local index label, where its body lies in the
+/// body file, and a CRC32 over label and body, so a damaged byte is found when the memory is
+/// read, never served. The body is the signed record exactly as the swarm holds it, stored
+/// once and sent to peers as it is.
 ///
-/// `format u8 = 3 | label u64 BE | crc32 u32 BE | signed record bytes`
-const FORMAT_V3: u8 = 3;
-const ROW_HEADER: usize = 1 + 8 + 4;
+/// `format u8 = 4 | label u64 BE | body offset u64 BE | body length u32 BE | crc32 u32 BE`
+const ROW_FORMAT: u8 = 4;
+const ROW_BYTES: usize = 1 + 8 + Slot::ENCODED + 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub label: u64,
+    pub slot: Slot,
+    pub crc: u32,
+}
+
+impl Row {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut row = Vec::with_capacity(ROW_BYTES);
+        row.push(ROW_FORMAT);
+        row.extend_from_slice(&self.label.to_be_bytes());
+        row.extend_from_slice(&self.slot.encode());
+        row.extend_from_slice(&self.crc.to_be_bytes());
+        row
+    }
+
+    pub fn decode(id: Uuid, bytes: &[u8]) -> Result<Self> {
+        let corrupt = |reason: String| AgentError::CorruptRecord {
+            key: format!("memories/{id}"),
+            reason,
+        };
+        match bytes.first() {
+            Some(&ROW_FORMAT) if bytes.len() == ROW_BYTES => {}
+            Some(&ROW_FORMAT) => return Err(corrupt(format!("{} bytes, expected {ROW_BYTES}", bytes.len()))),
+            Some(format) => return Err(corrupt(format!("unknown row format {format}"))),
+            None => return Err(corrupt("empty row".into())),
+        }
+        let label = u64::from_be_bytes(bytes[1..9].try_into().map_err(|_| corrupt("label".into()))?);
+        let slot = Slot::decode(&bytes[9..9 + Slot::ENCODED]).ok_or_else(|| corrupt("body slot".into()))?;
+        let crc = u32::from_be_bytes(
+            bytes[ROW_BYTES - 4..]
+                .try_into()
+                .map_err(|_| corrupt("checksum".into()))?,
+        );
+        Ok(Self { label, slot, crc })
+    }
+
+    /// Checks that `body` is the one this row was written with.
+    pub fn check(&self, id: Uuid, body: &[u8]) -> Result<()> {
+        if body_crc(self.label, body) != self.crc {
+            return Err(AgentError::CorruptRecord {
+                key: format!("memories/{id}"),
+                reason: format!(
+                    "checksum mismatch: the body at bytes {}..{} of the body file is damaged",
+                    self.slot.offset,
+                    self.slot.offset + u64::from(self.slot.len)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn body_crc(label: u64, record: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&label.to_be_bytes());
+    hasher.update(record);
+    hasher.finalize()
+}
 
 /// A memory with the signed record it was made from: what the store writes.
 #[derive(Debug, Clone)]
@@ -214,52 +279,14 @@ impl StoredMemory {
         }
     }
 
-    /// The row the store keeps under the memory's id.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut row = Vec::with_capacity(ROW_HEADER + self.record.len());
-        row.push(FORMAT_V3);
-        row.extend_from_slice(&self.memory.label.to_be_bytes());
-        row.extend_from_slice(&row_crc(self.memory.label, &self.record).to_be_bytes());
-        row.extend_from_slice(&self.record);
-        row
-    }
-}
-
-fn row_crc(label: u64, record: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&label.to_be_bytes());
-    hasher.update(record);
-    hasher.finalize()
-}
-
-/// The label and signed record bytes of a stored row, after checking its CRC.
-pub fn decode_row(id: Uuid, row: &[u8]) -> Result<(u64, &[u8])> {
-    let corrupt = |reason: String| AgentError::CorruptRecord {
-        key: format!("memories/{id}"),
-        reason,
-    };
-    match row.first() {
-        Some(&FORMAT_V3) => {}
-        Some(&2) => {
-            return Err(corrupt(
-                "written by an agent older than the bodies-by-hash format; move the data directory \
-                 aside and re-import"
-                    .into(),
-            ));
+    /// Its row, once its body is at `slot`.
+    pub fn row(&self, slot: Slot) -> Row {
+        Row {
+            label: self.memory.label,
+            slot,
+            crc: body_crc(self.memory.label, &self.record),
         }
-        Some(format) => return Err(corrupt(format!("unknown record format {format}"))),
-        None => return Err(corrupt("empty record".into())),
     }
-    if row.len() < ROW_HEADER {
-        return Err(corrupt(format!("{} bytes, shorter than a row header", row.len())));
-    }
-    let label = u64::from_be_bytes(row[1..9].try_into().map_err(|_| corrupt("label".into()))?);
-    let crc = u32::from_be_bytes(row[9..13].try_into().map_err(|_| corrupt("checksum".into()))?);
-    let record = &row[ROW_HEADER..];
-    if row_crc(label, record) != crc {
-        return Err(corrupt("checksum mismatch: the stored bytes are damaged".into()));
-    }
-    Ok((label, record))
 }
 
 impl Memory {
@@ -283,11 +310,12 @@ impl Memory {
         }
     }
 
-    /// Reads a stored row. The record's signature was verified when it arrived and the row's
-    /// CRC guards it since, so only its structure and id are checked again.
-    pub fn decode(id: Uuid, row: &[u8]) -> Result<Self> {
-        let (label, bytes) = decode_row(id, row)?;
-        let record = MemoryRecord::decode_checked(bytes, &RecordLimits::default(), Signatures::Trusted)
+    /// Reads a stored memory from its row and body. The record's signature was verified when
+    /// it arrived and the row's CRC guards it since, so only its structure and id are checked
+    /// again.
+    pub fn decode(id: Uuid, row: &Row, body: &[u8]) -> Result<Self> {
+        row.check(id, body)?;
+        let record = MemoryRecord::decode_checked(body, &RecordLimits::default(), Signatures::Trusted)
             .map_err(|e| AgentError::CorruptRecord {
                 key: format!("memories/{id}"),
                 reason: e.to_string(),
@@ -298,7 +326,7 @@ impl Memory {
                 reason: format!("holds the record of {}", record.id.as_uuid()),
             });
         }
-        Ok(Self::from_record(&record, label))
+        Ok(Self::from_record(&record, row.label))
     }
 }
 
@@ -384,20 +412,27 @@ mod tests {
             MemoryRecord::sign(&draft, &key, 1_700_000_000_000, 9, &RecordLimits::default()).unwrap();
         let stored = StoredMemory::from_record(&record, 7);
         let id = stored.memory.id;
-        let row = stored.encode();
-        assert_eq!(Memory::decode(id, &row).unwrap(), stored.memory);
-        assert_eq!(decode_row(id, &row).unwrap(), (7, record.encode().as_slice()));
-        for at in [0, 5, 10, 20, row.len() - 1] {
-            let mut damaged = row.clone();
+        let row = stored.row(Slot {
+            offset: 40,
+            len: stored.record.len() as u32,
+        });
+        let encoded = row.encode();
+        assert_eq!(Row::decode(id, &encoded).unwrap(), row);
+        assert_eq!(Memory::decode(id, &row, &stored.record).unwrap(), stored.memory);
+        for at in [0, 5, 20, stored.record.len() - 1] {
+            let mut damaged = stored.record.clone();
             damaged[at] ^= 0x10;
-            let error = Memory::decode(id, &damaged).unwrap_err().to_string();
-            assert!(error.contains(&format!("memories/{id}")), "{error}");
+            let error = Memory::decode(id, &row, &damaged).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("memories/{id}")) && error.contains("damaged"),
+                "{error}"
+            );
         }
-        assert!(Memory::decode(id, &row[..row.len() / 2]).is_err());
-        assert!(Memory::decode(id, &[]).is_err());
-        assert!(Memory::decode(id, &[9, 1, 2]).is_err());
+        assert!(Row::decode(id, &encoded[..encoded.len() - 1]).is_err());
+        assert!(Row::decode(id, &[]).is_err());
+        assert!(Row::decode(id, &[3; ROW_BYTES]).is_err(), "another row format");
         assert!(
-            Memory::decode(uuid::Uuid::nil(), &row).is_err(),
+            Memory::decode(uuid::Uuid::nil(), &row, &stored.record).is_err(),
             "filed under another id"
         );
     }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub uplink_messages: Family<SwarmLabels, Counter>,
     pub uplink_bytes: Family<SwarmLabels, Counter>,
     pub quota_rejections: Counter,
+    pub quota_declined: Counter,
+    pub declined_bodies: Gauge,
     pub embedding_seconds: Histogram,
     pub memories: Gauge,
     pub tombstones: Gauge,
@@ -84,6 +86,8 @@ impl Metrics {
             uplink_messages: Family::default(),
             uplink_bytes: Family::default(),
             quota_rejections: Counter::default(),
+            quota_declined: Counter::default(),
+            declined_bodies: Gauge::default(),
             embedding_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             memories: Gauge::default(),
             tombstones: Gauge::default(),
@@ -156,6 +160,16 @@ impl Metrics {
                 "quota_rejections",
                 "Writes refused by the disk quota",
                 m.quota_rejections.clone(),
+            );
+            r.register(
+                "quota_declined",
+                "Memories from peers not kept because the disk quota was reached",
+                m.quota_declined.clone(),
+            );
+            r.register(
+                "declined_bodies",
+                "Memories from peers not held for the disk quota, to fetch again once there is room",
+                m.declined_bodies.clone(),
             );
             r.register(
                 "embedding_seconds",

@@ -235,6 +235,8 @@ impl Replica {
             shards: self.config.shards,
             changes: engine.change_count(),
             visible: engine.visible_count(),
+            awaiting_bodies: engine.awaiting_bodies(),
+            declined_bodies: engine.declined_bodies(),
             pending_changes: engine.pending_changes(),
             peers: engine
                 .peers()
@@ -271,6 +273,11 @@ pub struct SyncStatus {
     pub shards: u16,
     pub changes: usize,
     pub visible: usize,
+    /// Memories whose entries arrived and whose bodies are being fetched.
+    pub awaiting_bodies: usize,
+    /// Memories from peers not kept because the disk quota was reached; fetched again once a
+    /// delete makes room (or at the next start).
+    pub declined_bodies: usize,
     pub pending_changes: usize,
     /// Connected peers and how recently each was in sync with this agent (its sync lag).
     pub peers: Vec<PeerSummary>,

@@ -510,7 +510,7 @@ impl Agent {
         events: Vec<murmur_sync::Event>,
         changes: Vec<murmur_sync::Persist>,
     ) -> Result<()> {
-        let mut inserts = Vec::new();
+        let mut inserts: Vec<StoredMemory> = Vec::new();
         let mut deletes = Vec::new();
         for event in events {
             match event {
@@ -529,6 +529,16 @@ impl Agent {
         if inserts.is_empty() && deletes.is_empty() && changes.is_empty() {
             return Ok(());
         }
+        // Past the disk quota, memories from peers are not kept, as local writes are refused;
+        // their changes are (entries and tombstones are small), so this agent keeps syncing and
+        // fetches the bodies again once there is room.
+        let declined: Vec<murmur_sync::MemoryId> = match self.quota_exceeded()? {
+            Some(_) if !inserts.is_empty() => inserts
+                .drain(..)
+                .map(|m| murmur_sync::MemoryId(m.memory.id.into_bytes()))
+                .collect(),
+            _ => Vec::new(),
+        };
         let (removed, _generation) = match self.store.apply_remote(&inserts, &deletes, &changes).await {
             Ok(done) => done,
             Err(e) => {
@@ -537,6 +547,18 @@ impl Agent {
             }
         };
         let inserts: Vec<Memory> = inserts.into_iter().map(|m| m.memory).collect();
+        if !declined.is_empty() {
+            self.replica.lock().decline_bodies(&declined);
+            self.metrics.quota_declined.inc_by(declined.len() as u64);
+            tracing::warn!(
+                declined = declined.len(),
+                quota = self.config.disk_quota_bytes,
+                "disk quota reached: memories from peers are not kept until there is room"
+            );
+        }
+        if !removed.is_empty() {
+            self.fetch_declined_if_room()?;
+        }
         let dimension = self.embedder.dimension();
         let model_id = self.embedder.model_id();
         for memory in &removed {
@@ -589,6 +611,7 @@ impl Agent {
             }
         };
         self.wake_network();
+        self.fetch_declined_if_room()?;
         self.index.remove(memory.label)?;
         self.attrs_write().remove(memory.label);
         self.index_dirty.store(true, Ordering::Release);
@@ -709,14 +732,27 @@ impl Agent {
     }
 
     fn check_quota(&self) -> Result<()> {
-        let quota = self.config.disk_quota_bytes;
-        if quota == 0 {
-            return Ok(());
-        }
-        let used = self.disk_bytes()?;
-        if used >= quota {
+        if let Some((used, quota)) = self.quota_exceeded()? {
             self.metrics.quota_rejections.inc();
             return Err(AgentError::QuotaExceeded { used, quota });
+        }
+        Ok(())
+    }
+
+    /// `(used, quota)` when the disk quota is reached.
+    fn quota_exceeded(&self) -> Result<Option<(u64, u64)>> {
+        let quota = self.config.disk_quota_bytes;
+        if quota == 0 {
+            return Ok(None);
+        }
+        let used = self.disk_bytes()?;
+        Ok((used >= quota).then_some((used, quota)))
+    }
+
+    /// After a delete made room: bodies declined for the quota are asked for again.
+    fn fetch_declined_if_room(&self) -> Result<()> {
+        if self.replica.lock().declined_bodies() > 0 && self.quota_exceeded()?.is_none() {
+            self.replica.lock().want_declined();
         }
         Ok(())
     }
@@ -793,6 +829,9 @@ impl Agent {
             Err(error) => tracing::warn!(%error, "reading the store's counts"),
         }
         self.metrics.index_size.set(self.index.len() as i64);
+        self.metrics
+            .declined_bodies
+            .set(self.replica.lock().declined_bodies() as i64);
         if let Ok(bytes) = self.disk_bytes() {
             self.metrics.disk_bytes.set(bytes as i64);
         }

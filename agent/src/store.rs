@@ -23,15 +23,19 @@ use uuid::Uuid;
 use murmur_sync::{Persist, SignedChange};
 
 use crate::{
+    body_file::{BodyFile, Slot},
     error::{AgentError, Result},
-    memory::{Memory, StoredMemory, decode_row},
+    memory::{Memory, Row, StoredMemory},
 };
 
 const GENERATION_KEY: &[u8] = b"generation";
 const COUNTS_KEY: &[u8] = b"counts";
 const FORMAT_KEY: &[u8] = b"format";
-/// 3: memories hold signed records, `sync_changes` only entries (sync wire version 2).
-const STORE_FORMAT: u8 = 3;
+/// The body file's committed length, moved with the rows that point into it.
+const BODIES_END_KEY: &[u8] = b"bodies_end";
+/// 4: memory bodies (signed records) in the body file, rows in `memories`, `sync_changes` only
+/// entries (sync wire version 2).
+const STORE_FORMAT: u8 = 4;
 
 /// How many live memories and tombstones the store holds, kept in `meta` by every write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,6 +102,18 @@ pub struct Store {
     tombstones: sled::Tree,
     meta: sled::Tree,
     sync_changes: sled::Tree,
+    /// Bodies of deleted memories whose bytes are still in the body file: offset -> length.
+    /// Written in the delete's transaction and emptied once the bytes are erased, so a crash
+    /// in between erases them at the next open.
+    erasures: sled::Tree,
+    bodies: BodyFile,
+}
+
+/// Bodies appended for a write, with the rows that will point to them.
+struct Appended<'a> {
+    rows: Vec<(&'a StoredMemory, Vec<u8>)>,
+    before: u64,
+    end: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,25 +147,43 @@ fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransact
 
 type TxResult = Result<(), ConflictableTransactionError<AgentError>>;
 
-/// Puts one encoded memory and its namespace and label entries, inside a transaction;
-/// returns whether the id was new to the store.
-fn put_memory(
-    trees: (&TransactionalTree, &TransactionalTree, &TransactionalTree),
-    memory: &Memory,
-    (key, value): &(Vec<u8>, Vec<u8>),
-) -> Result<bool, ConflictableTransactionError<AgentError>> {
-    let (memories, namespaces, labels) = trees;
-    let previous = memories.insert(key.as_slice(), value.as_slice())?;
-    namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
-    labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
-    Ok(previous.is_none())
+/// Puts the rows of appended memories and their namespace and label entries, and the body
+/// file's new end, inside a transaction; counts the memories new to the store.
+fn put_memories(
+    trees: (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    appended: &Appended,
+    delta: &mut CountDelta,
+) -> TxResult {
+    let (memories, namespaces, labels, meta) = trees;
+    for (stored, row) in &appended.rows {
+        let memory = &stored.memory;
+        let key = memory.id.as_bytes();
+        if memories.insert(key.as_slice(), row.as_slice())?.is_none() {
+            delta.memories += 1;
+        }
+        namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
+        labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+    }
+    meta.insert(BODIES_END_KEY, &appended.end.to_be_bytes())?;
+    Ok(())
 }
 
-fn encode_rows(memories: &[StoredMemory]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    memories
-        .iter()
-        .map(|m| (m.memory.id.as_bytes().to_vec(), m.encode()))
-        .collect()
+/// Records inside a delete's transaction that these bodies must be erased.
+fn queue_erasures(erasures: &TransactionalTree, slots: &[Slot]) -> TxResult {
+    for slot in slots {
+        erasures.insert(&slot.offset.to_be_bytes(), &slot.len.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Where the body file of the database at `path` lives: beside it.
+fn body_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("bodies")
 }
 
 fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
@@ -177,15 +211,102 @@ impl Store {
             .cache_capacity(cache_capacity_bytes)
             .mode(sled::Mode::LowSpace)
             .open()?;
-        Ok(Self {
+        let meta = db.open_tree("meta")?;
+        let committed = meta.get(BODIES_END_KEY)?.map_or(0, |v| decode_u64(&v));
+        let bodies = BodyFile::open(&body_path(path), committed)?;
+        let store = Self {
             memories: db.open_tree("memories")?,
             by_namespace: db.open_tree("by_namespace")?,
             labels: db.open_tree("labels")?,
             tombstones: db.open_tree("tombstones")?,
-            meta: db.open_tree("meta")?,
             sync_changes: db.open_tree("sync_changes")?,
+            erasures: db.open_tree("erasures")?,
+            meta,
+            bodies,
             db,
-        })
+        };
+        store.finish_erasures()?;
+        Ok(store)
+    }
+
+    /// Erases the bodies that deletes committed but did not get to erase (a crash between).
+    fn finish_erasures(&self) -> Result<()> {
+        let mut slots = Vec::new();
+        for item in self.erasures.iter() {
+            let (key, value) = item?;
+            let offset = decode_u64(&key);
+            let len =
+                value
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| AgentError::CorruptRecord {
+                        key: format!("erasures/{offset}"),
+                        reason: format!("{} bytes, expected 4", value.len()),
+                    })?;
+            slots.push(Slot { offset, len });
+        }
+        if !slots.is_empty() {
+            tracing::info!(
+                bodies = slots.len(),
+                "erasing the bodies of deletes a crash interrupted"
+            );
+            self.erase(&slots)?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Erases bodies whose deletes committed, then forgets them.
+    fn erase(&self, slots: &[Slot]) -> Result<()> {
+        self.bodies.erase(slots)?;
+        for slot in slots {
+            self.erasures.remove(slot.offset.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Appends the bodies of `memories` this store does not hold yet (a replayed write holds
+    /// them already: writing them again would leave a copy a later delete misses).
+    fn append<'a>(&self, memories: &'a [StoredMemory]) -> Result<Appended<'a>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut fresh = Vec::with_capacity(memories.len());
+        for stored in memories {
+            let id = stored.memory.id;
+            if seen.insert(id) && !self.memories.contains_key(id.as_bytes())? {
+                fresh.push(stored);
+            }
+        }
+        let before = self.bodies.len();
+        let records: Vec<&[u8]> = fresh.iter().map(|m| m.record.as_slice()).collect();
+        let (slots, end) = self.bodies.append(&records)?;
+        let rows = fresh
+            .into_iter()
+            .zip(slots)
+            .map(|(stored, slot)| (stored, stored.row(slot).encode()))
+            .collect();
+        Ok(Appended { rows, before, end })
+    }
+
+    /// The row of memory `id`, if the store holds it.
+    fn row(&self, id: Uuid) -> Result<Option<Row>> {
+        self.memories
+            .get(id.as_bytes())?
+            .map(|bytes| Row::decode(id, &bytes))
+            .transpose()
+    }
+
+    /// Reads and checks the body a row points to.
+    fn body(&self, id: Uuid, row: &Row) -> Result<Vec<u8>> {
+        let body = self.bodies.read(row.slot)?;
+        row.check(id, &body)?;
+        Ok(body)
+    }
+
+    fn memory_from_row(&self, id: Uuid, bytes: &[u8]) -> Result<Memory> {
+        let row = Row::decode(id, bytes)?;
+        let body = self.bodies.read(row.slot)?;
+        Memory::decode(id, &row, &body)
     }
 
     /// Refuses a database written in another layout, with a reason a user can act on; marks a
@@ -241,9 +362,9 @@ impl Store {
     /// Stores all of `memories` and the sync changes that carry them, atomically and durably;
     /// returns the new generation.
     pub async fn insert(&self, memories: &[StoredMemory], changes: &[Persist]) -> Result<u64> {
-        let encoded = encode_rows(memories);
         let change_rows = self.change_rows(changes)?;
-        let generation = (
+        let appended = self.append(memories)?;
+        let committed = (
             &self.memories,
             &self.by_namespace,
             &self.labels,
@@ -252,18 +373,29 @@ impl Store {
         )
             .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
                 let mut delta = CountDelta::default();
-                for (stored, row) in memories.iter().zip(&encoded) {
-                    if put_memory((tx_memories, tx_namespaces, tx_labels), &stored.memory, row)? {
-                        delta.memories += 1;
-                    }
-                }
+                put_memories(
+                    (tx_memories, tx_namespaces, tx_labels, tx_meta),
+                    &appended,
+                    &mut delta,
+                )?;
                 put_rows(tx_changes, &change_rows)?;
                 delta.commit(tx_meta)?;
                 bump_generation(tx_meta)
             })
-            .map_err(flatten)?;
+            .map_err(flatten);
+        let generation = self.settle_append(committed, &appended)?;
         self.db.flush_async().await?;
         Ok(generation)
+    }
+
+    /// After a write's transaction: on failure, takes its bodies back out of the body file.
+    fn settle_append(&self, committed: Result<u64>, appended: &Appended) -> Result<u64> {
+        if committed.is_err()
+            && let Err(error) = self.bodies.rewind(appended.before)
+        {
+            tracing::warn!(%error, "taking back the bodies of a failed write");
+        }
+        committed
     }
 
     /// Stores what arrived from peers: new memories, deletes (of memories held here or not yet
@@ -275,14 +407,15 @@ impl Store {
         deletes: &[(Uuid, u64)],
         changes: &[Persist],
     ) -> Result<(Vec<Memory>, u64)> {
-        let encoded = encode_rows(inserts);
         let mut removed = Vec::new();
+        let mut erased = Vec::new();
         let mut tombstone_rows = Vec::with_capacity(deletes.len());
         for (id, deleted_at_ms) in deletes {
-            let label = match self.get(*id)? {
-                Lookup::Found(memory) => {
+            let label = match (self.get(*id)?, self.row(*id)?) {
+                (Lookup::Found(memory), Some(row)) => {
                     let label = memory.label;
                     removed.push(memory);
+                    erased.push(row.slot);
                     label
                 }
                 // The delete overtook the memory: nothing to remove, and it will never be
@@ -298,22 +431,25 @@ impl Store {
             )?);
         }
         let change_rows = self.change_rows(changes)?;
-        let generation = (
+        let appended = self.append(inserts)?;
+        let committed = (
             &self.memories,
             &self.by_namespace,
             &self.labels,
             &self.tombstones,
             &self.meta,
             &self.sync_changes,
+            &self.erasures,
         )
             .transaction(
-                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
+                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes, tx_erasures)| {
                     let mut delta = CountDelta::default();
-                    for (stored, row) in inserts.iter().zip(&encoded) {
-                        if put_memory((tx_memories, tx_namespaces, tx_labels), &stored.memory, row)? {
-                            delta.memories += 1;
-                        }
-                    }
+                    put_memories(
+                        (tx_memories, tx_namespaces, tx_labels, tx_meta),
+                        &appended,
+                        &mut delta,
+                    )?;
+                    queue_erasures(tx_erasures, &erased)?;
                     for memory in &removed {
                         if tx_memories.remove(memory.id.as_bytes())?.is_some() {
                             delta.memories -= 1;
@@ -334,8 +470,10 @@ impl Store {
                     bump_generation(tx_meta)
                 },
             )
-            .map_err(flatten)?;
+            .map_err(flatten);
+        let generation = self.settle_append(committed, &appended)?;
         self.db.flush_async().await?;
+        self.erase(&erased)?;
         Ok((removed, generation))
     }
 
@@ -361,10 +499,10 @@ impl Store {
 
     /// Replaces a memory with its tombstone, durably. Returns what was deleted.
     pub async fn delete(&self, id: Uuid, now_ms: u64, changes: &[Persist]) -> Result<(Memory, u64)> {
-        let memory = match self.get(id)? {
-            Lookup::Found(memory) => memory,
-            Lookup::Deleted(_) => return Err(AgentError::Deleted(id.to_string())),
-            Lookup::Missing => return Err(AgentError::NotFound(id.to_string())),
+        let (memory, row) = match (self.get(id)?, self.row(id)?) {
+            (Lookup::Found(memory), Some(row)) => (memory, row),
+            (Lookup::Deleted(_), _) => return Err(AgentError::Deleted(id.to_string())),
+            _ => return Err(AgentError::NotFound(id.to_string())),
         };
         let tombstone = Tombstone {
             deleted_at_ms: now_ms,
@@ -379,9 +517,10 @@ impl Store {
             &self.tombstones,
             &self.meta,
             &self.sync_changes,
+            &self.erasures,
         )
             .transaction(
-                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes)| {
+                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes, tx_erasures)| {
                     if tx_memories.remove(id.as_bytes())?.is_none() {
                         // Deleted concurrently by another request.
                         return Err(ConflictableTransactionError::Abort(AgentError::Deleted(
@@ -394,6 +533,7 @@ impl Store {
                     };
                     tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
                     tx_labels.remove(&memory.label.to_be_bytes())?;
+                    queue_erasures(tx_erasures, &[row.slot])?;
                     if tx_tombstones
                         .insert(id.as_bytes(), tombstone_bytes.as_slice())?
                         .is_none()
@@ -407,12 +547,13 @@ impl Store {
             )
             .map_err(flatten)?;
         self.db.flush_async().await?;
+        self.erase(&[row.slot])?;
         Ok((memory, generation))
     }
 
     pub fn get(&self, id: Uuid) -> Result<Lookup> {
         if let Some(bytes) = self.memories.get(id.as_bytes())? {
-            return Ok(Lookup::Found(Memory::decode(id, &bytes)?));
+            return Ok(Lookup::Found(self.memory_from_row(id, &bytes)?));
         }
         if let Some(bytes) = self.tombstones.get(id.as_bytes())? {
             let tombstone = postcard::from_bytes(&bytes).map_err(|e| AgentError::CorruptRecord {
@@ -427,8 +568,8 @@ impl Store {
     /// The signed record bytes of a live memory, as peers are sent them; `None` when it is not
     /// held (never arrived, or deleted and erased).
     pub fn record_bytes(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
-        match self.memories.get(id.as_bytes())? {
-            Some(row) => Ok(Some(decode_row(id, &row)?.1.to_vec())),
+        match self.row(id)? {
+            Some(row) => Ok(Some(self.body(id, &row)?)),
             None => Ok(None),
         }
     }
@@ -492,7 +633,7 @@ impl Store {
                 );
                 Box::new(self.memories.range(start..).map(|item| {
                     let (key, value) = item?;
-                    Memory::decode(uuid_suffix(&key), &value)
+                    self.memory_from_row(uuid_suffix(&key), &value)
                 }))
             }
         };
@@ -510,7 +651,7 @@ impl Store {
     pub fn iter(&self) -> impl Iterator<Item = Result<Memory>> + '_ {
         self.memories.iter().map(|item| {
             let (key, value) = item?;
-            Memory::decode(uuid_suffix(&key), &value)
+            self.memory_from_row(uuid_suffix(&key), &value)
         })
     }
 
@@ -547,8 +688,9 @@ impl Store {
         Ok(Some(kept.unwrap_or_default()))
     }
 
+    /// The database's and the body file's bytes on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()? + self.bodies.disk_bytes())
     }
 
     pub async fn flush(&self) -> Result<()> {

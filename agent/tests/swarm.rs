@@ -318,3 +318,73 @@ fn two_connected_agents_writing_bursts_at_once_converge() {
             && sa["sync"]["root_digest"] == sb["sync"]["root_digest"]
     });
 }
+
+/// An agent past its disk quota keeps syncing: it holds the swarm's entries and tombstones (its
+/// root digest equals its peer's) but not the bodies it has no room for, says so in its stats and
+/// metrics, and fetches them once it has room (here: restarted without the quota).
+#[test]
+fn an_agent_past_its_disk_quota_keeps_syncing_and_fetches_the_bodies_once_it_has_room() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = AgentProcess::start_in_swarm(dir_a.path(), KEY, &[]);
+    let bootstrap = a.swarm_addr();
+    let full_args = [
+        "--swarm-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--swarm-key",
+        KEY,
+        "--no-mdns",
+        "--swarm-bootstrap",
+        &bootstrap,
+        "--disk-quota-bytes",
+        "1",
+    ];
+    let b = AgentProcess::start(dir_b.path(), &full_args);
+    let ids: Vec<String> = (0..20)
+        .map(|i| a.add(json!({ "text": format!("delivery {i} left at dock {}", i % 4) })))
+        .collect();
+    wait_until(90, "b to hold the swarm's state but none of its bodies", || {
+        let stats = b.stats();
+        stats["sync"]["root_digest"] == a.stats()["sync"]["root_digest"]
+            && stats["sync"]["declined_bodies"] == 20
+    });
+    let stats = b.stats();
+    assert_eq!(stats["memories"], 0, "{stats}");
+    assert_eq!(b.status_of(&ids[0]), 404);
+    let metrics = b.client.get("/metrics").unwrap().body;
+    let declined = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("murmur_agent_quota_declined_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        declined >= 20.0,
+        "murmur_agent_quota_declined_total is {declined}"
+    );
+
+    // Deletes still reach it.
+    assert_eq!(
+        a.client
+            .delete(&format!("/v1/memories/{}", ids[0]))
+            .unwrap()
+            .status,
+        204
+    );
+    wait_until(60, "b to learn of the delete", || {
+        b.stats()["sync"]["declined_bodies"] == 19 && b.status_of(&ids[0]) == 410
+    });
+
+    // With room, the bodies come.
+    b.stop();
+    let roomy: Vec<&str> = full_args[..full_args.len() - 2].to_vec();
+    let b = AgentProcess::start(dir_b.path(), &roomy);
+    wait_until(90, "b to fetch every body it declined", || {
+        ids[1..].iter().all(|id| b.status_of(id) == 200)
+    });
+    assert_eq!(b.status_of(&ids[0]), 410);
+    assert_eq!(b.stats()["sync"]["declined_bodies"], 0);
+    b.stop();
+    a.stop();
+}

@@ -222,6 +222,9 @@ pub struct Engine<P> {
     /// Entries whose bodies have not arrived ([`Format::BodiesByHash`]): asked for from the
     /// peer that sent the entries, and again at each round until one answers.
     awaiting: BTreeSet<MemoryId>,
+    /// Bodies the driver would not keep (its disk quota): not shown, not asked for, until
+    /// [`Engine::want_declined`] or a restart.
+    declined: BTreeSet<MemoryId>,
     body_requests: VecDeque<BodyRequest<P>>,
     peers: BTreeMap<P, PeerState>,
     pending: VecDeque<(u16, ValidatedChange)>,
@@ -258,6 +261,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             visible: BTreeSet::new(),
             deleted: BTreeSet::new(),
             awaiting: BTreeSet::new(),
+            declined: BTreeSet::new(),
             body_requests: VecDeque::new(),
             peers: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -367,6 +371,30 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         self.awaiting.len()
     }
 
+    /// Memories whose bodies the driver declined to keep ([`Engine::decline_bodies`]).
+    pub fn declined_bodies(&self) -> usize {
+        self.declined.len()
+    }
+
+    /// The driver will not keep these memories' bodies (its disk quota is reached): they stop
+    /// being shown here, are not asked for again and not sent on, until
+    /// [`Engine::want_declined`] (or a restart, which asks for every body not held). Their
+    /// entries stay, so this replica still agrees with its peers on what exists, and a push
+    /// that carries one of them offers it to the driver again.
+    pub fn decline_bodies(&mut self, ids: &[MemoryId]) {
+        for id in ids {
+            if self.visible.remove(id) | self.awaiting.remove(id) {
+                self.declined.insert(*id);
+            }
+        }
+    }
+
+    /// The driver has room again: the declined bodies are asked for from peers.
+    pub fn want_declined(&mut self) {
+        let declined = std::mem::take(&mut self.declined);
+        self.awaiting.extend(declined);
+    }
+
     /// What the documents say of memory `id` (deleted or not): author, nonce, body hash.
     pub fn entry(&self, id: &MemoryId) -> Option<MemoryEntry> {
         self.shards[id.shard(self.config.shards) as usize].entry(id, &self.rules)
@@ -473,7 +501,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         // Where bodies travel by hash, a memory whose body has not arrived can be deleted too:
         // the entry holds all a tombstone names.
-        let known = self.visible.contains(id) || self.awaiting.contains(id);
+        let known = self.visible.contains(id) || self.awaiting.contains(id) || self.declined.contains(id);
         let entry = self
             .entry(id)
             .filter(|_| known)
@@ -1022,11 +1050,13 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                     match body {
                         Some(record) => {
                             self.awaiting.remove(&entry.id);
+                            self.declined.remove(&entry.id);
                             self.visible.insert(entry.id);
                             if emit {
                                 self.events.push_back(Event::MemoryAdded(record.clone()));
                             }
                         }
+                        None if self.declined.contains(&entry.id) => {}
                         None => {
                             self.awaiting.insert(entry.id);
                         }
@@ -1034,6 +1064,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 }
                 Effect::Tombstone(t) => {
                     self.awaiting.remove(&t.id);
+                    self.declined.remove(&t.id);
                     if self.deleted.insert(t.id) {
                         self.visible.remove(&t.id);
                         if emit {

@@ -279,3 +279,75 @@ fn a_request_for_a_deleted_body_is_answered_with_nothing() {
         "a deleted body was asked of the driver"
     );
 }
+
+/// A driver whose disk is full declines bodies: they stop being shown and are not asked for
+/// at the next rounds; once it has room again they are asked for and shown.
+#[test]
+fn declined_bodies_are_not_asked_for_until_the_driver_has_room() {
+    let operator = common::key_for(4, 1);
+    let config = Config {
+        admins: vec![operator.verifying_key().to_bytes()],
+        ..config(Format::BodiesByHash)
+    };
+    let mut a: Engine<usize> = Engine::new(config.clone(), common::key_for(4, 0), 1, 0).unwrap();
+    let mut b: Engine<usize> = Engine::new(config, operator, 2, 0).unwrap();
+    let (mut a_bodies, mut b_bodies) = (
+        murmur_sync::InMemoryBodies::new(),
+        murmur_sync::InMemoryBodies::new(),
+    );
+    a.peer_connected(0, 1);
+    b.peer_connected(0, 0);
+    let mut rng = fastrand::Rng::with_seed(4);
+    let drafts: Vec<_> = (0..3).map(|_| common::draft(&mut rng, 8)).collect();
+    let records = a.write(10, &drafts).unwrap();
+    a_bodies.settle(&mut a);
+    let wanted = |engine: &mut Engine<usize>| -> usize {
+        std::iter::from_fn(|| engine.poll_transmit())
+            .filter(|t| t.kind == murmur_sync::MessageKind::WantBodies)
+            .count()
+    };
+    while let Some(t) = a.poll_transmit() {
+        b.handle_incoming(11, &0, &t.bytes).unwrap();
+    }
+    b_bodies.settle(&mut b);
+    assert_eq!(b.visible_count(), 3);
+
+    b.decline_bodies(&[records[0].id, records[1].id]);
+    assert_eq!((b.visible_count(), b.declined_bodies()), (1, 2));
+    assert!(!b.visible_ids().any(|id| *id == records[0].id));
+    let mut now = 100;
+    for _ in 0..5 {
+        now += 10_000;
+        b.handle_timeout(now);
+        assert_eq!(wanted(&mut b), 0, "a declined body was asked for");
+    }
+    // Deleting what is declined still works: the entry is all a tombstone needs.
+    b.delete(now, &records[1].id)
+        .expect("an operator deletes a declined memory");
+    b_bodies.settle(&mut b);
+    assert_eq!(b.declined_bodies(), 1);
+
+    b.want_declined();
+    now += 10_000;
+    b.handle_timeout(now);
+    let asks: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert!(
+        asks.iter()
+            .any(|t| t.kind == murmur_sync::MessageKind::WantBodies)
+    );
+    for t in asks {
+        a.handle_incoming(now, &1, &t.bytes).unwrap();
+    }
+    a_bodies.settle(&mut a);
+    while let Some(t) = a.poll_transmit() {
+        b.handle_incoming(now, &0, &t.bytes).unwrap();
+    }
+    let (_, events) = b_bodies.settle(&mut b);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::MemoryAdded(r) if r.id == records[0].id)),
+        "the declined body came back once wanted"
+    );
+    assert_eq!((b.visible_count(), b.declined_bodies()), (2, 0));
+}
