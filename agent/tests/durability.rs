@@ -12,20 +12,8 @@ use std::{
     time::Duration,
 };
 
-use common::AgentProcess;
+use common::{AgentProcess, Lcg};
 use serde_json::{Value, json};
-
-/// A tiny deterministic generator, so a failing run can be replayed from its seed.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
 
 #[test]
 fn sigkill_during_writes_loses_nothing_acknowledged() {

@@ -16,23 +16,10 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProcess, wait_until};
+use common::{AgentProcess, Lcg, wait_until};
 use serde_json::json;
 
 const SWARM_KEY: &str = "3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c";
-
-/// A tiny deterministic generator, so a failing run can be replayed from its seed.
-#[derive(Clone)]
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
 
 fn vector(rng: &mut Lcg) -> Vec<f32> {
     let raw: Vec<f32> = (0..384)

@@ -203,6 +203,20 @@ pub fn corpus() -> Vec<String> {
 }
 
 /// Waits until `condition` holds, polling; panics with `what` after `seconds`.
+/// A tiny deterministic generator, so a failing run can be replayed from its seed.
+#[derive(Clone)]
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
 pub fn wait_until(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !condition() {
