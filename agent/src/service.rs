@@ -557,7 +557,7 @@ impl Agent {
             );
         }
         if !removed.is_empty() {
-            self.fetch_declined_if_room()?;
+            self.fetch_declined_if_room();
         }
         let dimension = self.embedder.dimension();
         let model_id = self.embedder.model_id();
@@ -611,7 +611,7 @@ impl Agent {
             }
         };
         self.wake_network();
-        self.fetch_declined_if_room()?;
+        self.fetch_declined_if_room();
         self.index.remove(memory.label)?;
         self.attrs_write().remove(memory.label);
         self.index_dirty.store(true, Ordering::Release);
@@ -749,12 +749,18 @@ impl Agent {
         Ok((used >= quota).then_some((used, quota)))
     }
 
-    /// After a delete made room: bodies declined for the quota are asked for again.
-    fn fetch_declined_if_room(&self) -> Result<()> {
-        if self.replica.lock().declined_bodies() > 0 && self.quota_exceeded()?.is_none() {
-            self.replica.lock().want_declined();
+    /// After a delete made room: bodies declined for the quota are asked for again. Runs
+    /// after the delete committed, so nothing here may fail it: an unreadable disk size only
+    /// postpones the fetch (to the next delete or start).
+    fn fetch_declined_if_room(&self) {
+        if self.replica.lock().declined_bodies() == 0 {
+            return;
         }
-        Ok(())
+        match self.quota_exceeded() {
+            Ok(None) => self.replica.lock().want_declined(),
+            Ok(Some(_)) => {}
+            Err(error) => tracing::warn!(%error, "reading the disk usage; declined bodies wait"),
+        }
     }
 
     fn disk_bytes(&self) -> Result<u64> {

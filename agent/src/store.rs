@@ -296,6 +296,15 @@ impl Store {
             .transpose()
     }
 
+    /// Memory `id` and its row, if the store holds it (each read once).
+    fn held(&self, id: Uuid) -> Result<Option<(Memory, Row)>> {
+        let Some(row) = self.row(id)? else {
+            return Ok(None);
+        };
+        let body = self.bodies.read(row.slot)?;
+        Ok(Some((Memory::decode(id, &row, &body)?, row)))
+    }
+
     /// Reads and checks the body a row points to.
     fn body(&self, id: Uuid, row: &Row) -> Result<Vec<u8>> {
         let body = self.bodies.read(row.slot)?;
@@ -307,6 +316,14 @@ impl Store {
         let row = Row::decode(id, bytes)?;
         let body = self.bodies.read(row.slot)?;
         Memory::decode(id, &row, &body)
+    }
+
+    /// Erases the bodies of deletes that just committed. The delete stands whatever happens
+    /// here: if the disk refuses, the erasures stay queued and the next open finishes them.
+    fn erase_committed(&self, slots: &[Slot]) {
+        if let Err(error) = self.erase(slots) {
+            tracing::error!(%error, bodies = slots.len(), "erasing deleted bodies failed; the next start retries");
+        }
     }
 
     /// Refuses a database written in another layout, with a reason a user can act on; marks a
@@ -411,8 +428,8 @@ impl Store {
         let mut erased = Vec::new();
         let mut tombstone_rows = Vec::with_capacity(deletes.len());
         for (id, deleted_at_ms) in deletes {
-            let label = match (self.get(*id)?, self.row(*id)?) {
-                (Lookup::Found(memory), Some(row)) => {
+            let label = match self.held(*id)? {
+                Some((memory, row)) => {
                     let label = memory.label;
                     removed.push(memory);
                     erased.push(row.slot);
@@ -473,7 +490,7 @@ impl Store {
             .map_err(flatten);
         let generation = self.settle_append(committed, &appended)?;
         self.db.flush_async().await?;
-        self.erase(&erased)?;
+        self.erase_committed(&erased);
         Ok((removed, generation))
     }
 
@@ -499,10 +516,12 @@ impl Store {
 
     /// Replaces a memory with its tombstone, durably. Returns what was deleted.
     pub async fn delete(&self, id: Uuid, now_ms: u64, changes: &[Persist]) -> Result<(Memory, u64)> {
-        let (memory, row) = match (self.get(id)?, self.row(id)?) {
-            (Lookup::Found(memory), Some(row)) => (memory, row),
-            (Lookup::Deleted(_), _) => return Err(AgentError::Deleted(id.to_string())),
-            _ => return Err(AgentError::NotFound(id.to_string())),
+        let (memory, row) = match self.held(id)? {
+            Some(held) => held,
+            None if self.tombstones.contains_key(id.as_bytes())? => {
+                return Err(AgentError::Deleted(id.to_string()));
+            }
+            None => return Err(AgentError::NotFound(id.to_string())),
         };
         let tombstone = Tombstone {
             deleted_at_ms: now_ms,
@@ -547,7 +566,7 @@ impl Store {
             )
             .map_err(flatten)?;
         self.db.flush_async().await?;
-        self.erase(&[row.slot])?;
+        self.erase_committed(&[row.slot]);
         Ok((memory, generation))
     }
 

@@ -12,19 +12,13 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProcess, Lcg};
+use common::{AgentProcess, Lcg, env_or};
 use serde_json::{Value, json};
 
 #[test]
 fn sigkill_during_writes_loses_nothing_acknowledged() {
-    let seed = std::env::var("MURMUR_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    let cycles: usize = std::env::var("MURMUR_KILL_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let seed: u64 = env_or("MURMUR_TEST_SEED", 0x5eed);
+    let cycles: usize = env_or("MURMUR_KILL_CYCLES", 12);
     let mut rng = Lcg(seed);
     let corpus = common::corpus();
     let dir = tempfile::tempdir().unwrap();

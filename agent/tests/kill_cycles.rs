@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProcess, Lcg, wait_until};
+use common::{AgentProcess, Lcg, env_or, wait_until};
 use serde_json::json;
 
 const SWARM_KEY: &str = "3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c";
@@ -42,14 +42,8 @@ struct Ledger {
 
 #[test]
 fn sigkill_during_writes_deletes_and_receives_loses_nothing_and_brings_nothing_back() {
-    let seed: u64 = std::env::var("MURMUR_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6b11);
-    let cycles: usize = std::env::var("MURMUR_KILL_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let seed: u64 = env_or("MURMUR_TEST_SEED", 0x6b11);
+    let cycles: usize = env_or("MURMUR_KILL_CYCLES", 50);
     eprintln!("kill cycles: seed {seed}, {cycles} cycles (MURMUR_TEST_SEED, MURMUR_KILL_CYCLES)");
     let mut rng = Lcg(seed);
     let dir = tempfile::tempdir().unwrap();

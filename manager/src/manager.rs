@@ -211,10 +211,15 @@ impl Manager {
                         by_shard.entry(shard).or_default().0.push(change);
                     }
                     for body in segment.bodies {
-                        // A body names its id, and its id its shard; one with no id is left
-                        // for the engine to refuse with its shard's batch.
-                        let shard = MemoryRecord::id_in(&body).map_or(0, |id| id.shard(shards));
-                        by_shard.entry(shard).or_default().1.push(body);
+                        // A body names its id, and its id its shard. One that names none is
+                        // another writer's bug: left out alone, so it refuses no shard's batch.
+                        match MemoryRecord::id_in(&body) {
+                            Some(id) => by_shard.entry(id.shard(shards)).or_default().1.push(body),
+                            None => {
+                                self.metrics.bucket_changes_refused.inc();
+                                tracing::error!(%path, "a body in the bucket is not a memory record; left out");
+                            }
+                        }
                     }
                     read.extend(segment.covers);
                 }
@@ -342,20 +347,32 @@ impl Manager {
 
     /// Answers agents that asked for bodies, from the view: it holds every memory shown here
     /// once its segment is durable, which the commit before this call made sure of.
+    /// Never holds the engine and the view together, as no other path does.
     fn answer_body_requests(&self) {
-        let mut engine = self.engine();
-        let requests: Vec<_> = std::iter::from_fn(|| engine.poll_body_request()).collect();
+        let requests: Vec<_> = {
+            let mut engine = self.engine();
+            std::iter::from_fn(|| engine.poll_body_request()).collect()
+        };
         if requests.is_empty() {
             return;
         }
-        let view = self.view();
-        for request in requests {
-            let bodies: Vec<Vec<u8>> = request
-                .ids
-                .iter()
-                .filter_map(|id| view.memories.get(id).map(MemoryRecord::encode))
-                .collect();
-            engine.answer_bodies(&request.peer, bodies);
+        let answers: Vec<(PeerKey, Vec<Vec<u8>>)> = {
+            let view = self.view();
+            requests
+                .into_iter()
+                .map(|request| {
+                    let bodies = request
+                        .ids
+                        .iter()
+                        .filter_map(|id| view.memories.get(id).map(MemoryRecord::encode))
+                        .collect();
+                    (request.peer, bodies)
+                })
+                .collect()
+        };
+        let mut engine = self.engine();
+        for (peer, bodies) in answers {
+            engine.answer_bodies(&peer, bodies);
         }
     }
 

@@ -3,15 +3,11 @@
 //! documents binds them by hash), so nodes share one allocation per memory: a swarm of
 //! thousands of agents holds each body once, not once per agent.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, DefaultHasher},
-    rc::Rc,
-};
+use std::{collections::HashMap, rc::Rc};
 
 use murmur_sync::{MemoryId, MemoryRecord};
 
-type FixedHasher = BuildHasherDefault<DefaultHasher>;
+use crate::FixedHasher;
 
 #[derive(Default)]
 pub struct BodyShelf {

@@ -12,6 +12,10 @@ pub mod sim;
 pub mod topology;
 
 pub use report::Report;
+
+/// Maps and sets hashed the same way in every run (std's `RandomState` is seeded per
+/// process), so iteration order, and with it a report, never depends on the process.
+pub(crate) type FixedHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 pub use scenario::Scenario;
 pub use sim::Simulation;
 

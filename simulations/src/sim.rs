@@ -8,7 +8,7 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
-    hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher},
+    hash::{DefaultHasher, Hash, Hasher},
     rc::Rc,
 };
 
@@ -17,13 +17,12 @@ use murmur_sync::{
 };
 
 use crate::{
+    FixedHasher,
     bodies::BodyShelf,
     metrics::{Metrics, NodeTraffic},
     scenario::{LinkProfile, Scenario, Split, Topology},
     topology::{self, Graph, Node, Radio},
 };
-
-type FixedHasher = BuildHasherDefault<DefaultHasher>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

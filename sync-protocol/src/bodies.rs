@@ -51,6 +51,15 @@ impl InMemoryBodies {
         self.bodies.get(id).map(Vec::as_slice)
     }
 
+    pub fn contains(&self, id: &MemoryId) -> bool {
+        self.bodies.contains_key(id)
+    }
+
+    /// The ids of the bodies held, in id order.
+    pub fn ids(&self) -> impl Iterator<Item = &MemoryId> {
+        self.bodies.keys()
+    }
+
     pub fn len(&self) -> usize {
         self.bodies.len()
     }

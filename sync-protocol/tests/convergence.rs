@@ -87,12 +87,12 @@ fn check_converged(net: &mut Net, written: &BTreeSet<MemoryId>, deleted: &BTreeS
             );
             assert!(replica.engine.memory(id).is_none());
             assert!(
-                !replica.bodies.contains_key(id),
+                !replica.bodies.contains(id),
                 "replica {i} kept the body of deleted {id}"
             );
         }
         assert!(
-            replica.bodies.keys().eq(reference.iter()),
+            replica.bodies.ids().eq(reference.iter()),
             "replica {i} holds bodies of other memories than it shows"
         );
         assert_eq!(
@@ -107,7 +107,7 @@ fn check_reload(net: &Net, config: &Config) {
     for (i, replica) in net.replicas.iter().enumerate() {
         let mut persisted = replica.persisted.clone();
         persisted.reverse(); // order must not matter
-        let held = |id: &MemoryId| replica.bodies.contains_key(id);
+        let held = |id: &MemoryId| replica.bodies.contains(id);
         let trusted: Engine<usize> = Engine::load(
             config.clone(),
             replica.key.clone(),

@@ -203,6 +203,14 @@ pub fn corpus() -> Vec<String> {
 }
 
 /// Waits until `condition` holds, polling; panics with `what` after `seconds`.
+/// A test setting from the environment (a seed to replay, a longer run), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A tiny deterministic generator, so a failing run can be replayed from its seed.
 #[derive(Clone)]
 pub struct Lcg(pub u64);

@@ -7,7 +7,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use murmur_sync::{
-    Config, Destination, Engine, Event, MemoryDraft, MemoryId, Signatures, SignedChange, SigningKey,
+    Config, Destination, Engine, Event, InMemoryBodies, MemoryDraft, MemoryId, Signatures, SignedChange,
+    SigningKey,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,7 +26,7 @@ pub struct Replica {
     pub shown: BTreeSet<MemoryId>,
     pub persisted: Vec<(u16, SignedChange)>,
     /// The driver's body store: each shown memory's signed record, erased on delete.
-    pub bodies: BTreeMap<MemoryId, Vec<u8>>,
+    pub bodies: InMemoryBodies,
 }
 
 /// (deliver at, sequence for a stable order, from, to, bytes)
@@ -87,7 +88,7 @@ impl Net {
                     key,
                     shown: BTreeSet::new(),
                     persisted: Vec::new(),
-                    bodies: BTreeMap::new(),
+                    bodies: InMemoryBodies::new(),
                 }
             })
             .collect();
@@ -135,28 +136,19 @@ impl Net {
     /// Collects everything replica `i` wants to do: persists, events, body requests, transmits.
     pub fn flush(&mut self, i: usize) {
         let replica = &mut self.replicas[i];
-        while let Some(p) = replica.engine.poll_persist() {
-            replica.persisted.push((p.shard, p.change));
-        }
-        while let Some(event) = replica.engine.poll_event() {
+        let (persists, events) = replica.bodies.settle(&mut replica.engine);
+        replica
+            .persisted
+            .extend(persists.into_iter().map(|p| (p.shard, p.change)));
+        for event in events {
             match event {
                 Event::MemoryAdded(record) => {
                     replica.shown.insert(record.id);
-                    replica.bodies.insert(record.id, record.encode());
                 }
                 Event::MemoryDeleted { id, .. } => {
                     replica.shown.remove(&id);
-                    replica.bodies.remove(&id);
                 }
             }
-        }
-        while let Some(request) = replica.engine.poll_body_request() {
-            let held: Vec<Vec<u8>> = request
-                .ids
-                .iter()
-                .filter_map(|id| replica.bodies.get(id).cloned())
-                .collect();
-            replica.engine.answer_bodies(&request.peer, held);
         }
         let n = self.replicas.len();
         while let Some(t) = self.replicas[i].engine.poll_transmit() {
@@ -263,7 +255,7 @@ impl Net {
             self.now,
             persisted,
             Signatures::Verify,
-            |id| bodies.contains_key(id),
+            |id| bodies.contains(id),
         )
         .expect("own state loads");
         for j in (0..self.replicas.len()).filter(|&j| j != i) {
