@@ -9,7 +9,7 @@ jobs=${JOBS:-1}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 # cargo-fuzz passes unstable flags to rustc; the stable toolchain accepts them this way.
 export RUSTC_BOOTSTRAP=1
-for target in decode_message engine_incoming; do
+for target in $(ls fuzz_targets | sed "s/\.rs$//"); do
   echo "fuzzing $target for ${seconds}s" >&2
   cargo fuzz run "$target" --jobs "$jobs" -- -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048
 done

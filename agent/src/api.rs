@@ -296,9 +296,8 @@ async fn search(
     Ok(axum::Json(json!({ "results": results })))
 }
 
-async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<axum::Json<Value>> {
-    let stats = agent.stats()?;
-    Ok(axum::Json(serde_json::to_value(stats).unwrap_or_default()))
+async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<axum::Json<crate::service::Stats>> {
+    Ok(axum::Json(agent.stats()?))
 }
 
 async fn healthz(State(agent): State<Arc<Agent>>) -> axum::Json<Value> {

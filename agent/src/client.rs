@@ -74,7 +74,7 @@ impl Client {
             .with_config()
             .limit(256 * 1024 * 1024)
             .read_to_string()
-            .unwrap_or_default();
+            .with_context(|| format!("reading the answer to {method} {url}"))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Reply { status, body })
     }

@@ -320,7 +320,7 @@ impl VectorIndex {
             crc32: crc32fast::hash(&buffer),
         };
         drop(index);
-        let meta_json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        let meta_json = serde_json::to_vec_pretty(&meta).map_err(index_error("describing"))?;
         write_atomically(&dir.join(INDEX_FILE), &buffer, 0o644)?;
         write_atomically(&dir.join(META_FILE), &meta_json, 0o644)?;
         Ok(())

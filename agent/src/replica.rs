@@ -152,6 +152,23 @@ impl Replica {
         Ok(())
     }
 
+    /// Runs the step that stores what the engine just accepted (a local write, a delete, what
+    /// peers sent). If any of it fails, the engine forgets all it holds beyond the store by
+    /// reloading from it: the messages it queued announce what was never stored and must not go.
+    pub async fn stored_or_forgotten<T>(
+        &self,
+        store: &Store,
+        step: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match step.await {
+            Ok(done) => Ok(done),
+            Err(error) => {
+                self.reload(store)?;
+                Err(error)
+            }
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Engine<PeerKey>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -343,5 +360,33 @@ mod tests {
         replica.reload(&store).unwrap();
         assert_eq!(replica.visible_count(), 0);
         assert_eq!(replica.status().changes, 0);
+    }
+
+    /// A write whose store step fails is forgotten whole, its queued messages included: they
+    /// would announce a memory that no restart of this agent can show.
+    #[tokio::test]
+    async fn a_write_whose_store_step_fails_sends_nothing_and_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let config = SyncSettings::default().engine_config().unwrap();
+        let replica = Replica::load(&store, config, SigningKey::from_bytes(&[1; 32])).unwrap();
+        replica.set_networked(true);
+        replica.lock().peer_connected(0, [2; 32]);
+        while replica.lock().poll_transmit().is_some() {}
+
+        let (records, _changes) = replica.write(&[draft("never stored")]).unwrap();
+        assert_eq!(replica.visible_count(), 1);
+        let failed = replica
+            .stored_or_forgotten(&store, async {
+                Err::<(), _>(AgentError::Index("disk gone".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(
+            replica.take_transmits().is_empty(),
+            "a push for an unstored write is still queued"
+        );
+        assert_eq!(replica.visible_count(), 0);
+        assert!(replica.lock().memory(&records[0].id).is_none());
     }
 }

@@ -365,14 +365,17 @@ impl Agent {
         // The replica signs each memory and gives it its id; the store keeps it at the
         // precision the record carries, so search answers with what a restart gives back.
         let (records, changes) = self.replica.write(&drafts)?;
-        let mut memories = Vec::with_capacity(records.len());
-        for record in &records {
-            memories.push(StoredMemory::from_record(record, self.store.next_label()?));
-        }
-        if let Err(e) = self.store.insert(&memories, &changes).await {
-            self.replica.reload(&self.store)?;
-            return Err(e);
-        }
+        let memories = self
+            .replica
+            .stored_or_forgotten(&self.store, async {
+                let memories = records
+                    .iter()
+                    .map(|record| Ok(StoredMemory::from_record(record, self.store.next_label()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.store.insert(&memories, &changes).await?;
+                Ok(memories)
+            })
+            .await?;
         let memories: Vec<Memory> = memories.into_iter().map(|m| m.memory).collect();
         self.wake_network();
         // Durable from here on; the index and attrs are derived and rebuilt if we die now.
@@ -510,42 +513,40 @@ impl Agent {
         events: Vec<murmur_sync::Event>,
         changes: Vec<murmur_sync::Persist>,
     ) -> Result<()> {
-        let mut inserts: Vec<StoredMemory> = Vec::new();
+        let mut added: Vec<Box<murmur_sync::MemoryRecord>> = Vec::new();
         let mut deletes = Vec::new();
         for event in events {
             match event {
-                murmur_sync::Event::MemoryAdded(record) => {
-                    inserts.push(StoredMemory::from_record(&record, self.store.next_label()?));
-                }
+                murmur_sync::Event::MemoryAdded(record) => added.push(record),
                 murmur_sync::Event::MemoryDeleted {
                     id, deleted_at_ms, ..
                 } => {
-                    let id = id.as_uuid();
-                    inserts.retain(|m: &StoredMemory| m.memory.id != id);
-                    deletes.push((id, deleted_at_ms));
+                    added.retain(|record| record.id != id);
+                    deletes.push((id.as_uuid(), deleted_at_ms));
                 }
             }
         }
-        if inserts.is_empty() && deletes.is_empty() && changes.is_empty() {
+        if added.is_empty() && deletes.is_empty() && changes.is_empty() {
             return Ok(());
         }
-        // Past the disk quota, memories from peers are not kept, as local writes are refused;
-        // their changes are (entries and tombstones are small), so this agent keeps syncing and
-        // fetches the bodies again once there is room.
-        let declined: Vec<murmur_sync::MemoryId> = match self.quota_exceeded()? {
-            Some(_) if !inserts.is_empty() => inserts
-                .drain(..)
-                .map(|m| murmur_sync::MemoryId(m.memory.id.into_bytes()))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let (removed, _generation) = match self.store.apply_remote(&inserts, &deletes, &changes).await {
-            Ok(done) => done,
-            Err(e) => {
-                self.replica.reload(&self.store)?;
-                return Err(e);
-            }
-        };
+        let (inserts, declined, removed) = self
+            .replica
+            .stored_or_forgotten(&self.store, async {
+                // Past the disk quota, memories from peers are not kept, as local writes are
+                // refused; their changes are (entries and tombstones are small), so this agent
+                // keeps syncing and fetches the bodies again once there is room.
+                let (kept, declined): (_, Vec<murmur_sync::MemoryId>) = match self.quota_exceeded()? {
+                    Some(_) => (Vec::new(), added.iter().map(|record| record.id).collect()),
+                    None => (added, Vec::new()),
+                };
+                let inserts = kept
+                    .iter()
+                    .map(|record| Ok(StoredMemory::from_record(record, self.store.next_label()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let (removed, _generation) = self.store.apply_remote(&inserts, &deletes, &changes).await?;
+                Ok((inserts, declined, removed))
+            })
+            .await?;
         let inserts: Vec<Memory> = inserts.into_iter().map(|m| m.memory).collect();
         if !declined.is_empty() {
             self.replica.lock().decline_bodies(&declined);
@@ -603,13 +604,10 @@ impl Agent {
             Lookup::Missing => return Err(AgentError::NotFound(id.to_string())),
         }
         let (_tombstone, changes) = self.replica.delete(id)?;
-        let (memory, _generation) = match self.store.delete(id, now_ms(), &changes).await {
-            Ok(done) => done,
-            Err(e) => {
-                self.replica.reload(&self.store)?;
-                return Err(e);
-            }
-        };
+        let (memory, _generation) = self
+            .replica
+            .stored_or_forgotten(&self.store, self.store.delete(id, now_ms(), &changes))
+            .await?;
         self.wake_network();
         self.fetch_declined_if_room();
         self.index.remove(memory.label)?;

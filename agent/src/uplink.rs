@@ -224,11 +224,16 @@ async fn run_session(agent: &Arc<Agent>, session: murmur_uplink::Session, report
                 }
             }
             _ = report_tick.tick() => {
-                let body = serde_json::to_vec(&report(agent, &manager)).unwrap_or_default();
-                if body.len() <= MAX_CONTROL_BYTES
-                    && let Err(error) = write_frame(&mut send, &Frame::new(FrameKind::Report, body)).await
-                {
-                    break error.to_string();
+                // A report that cannot be encoded or is too long is skipped, never sent empty:
+                // the next tick sends a fresh one.
+                match serde_json::to_vec(&report(agent, &manager)) {
+                    Ok(body) if body.len() <= MAX_CONTROL_BYTES => {
+                        if let Err(error) = write_frame(&mut send, &Frame::new(FrameKind::Report, body)).await {
+                            break error.to_string();
+                        }
+                    }
+                    Ok(body) => tracing::warn!(len = body.len(), "status report too long to send"),
+                    Err(error) => tracing::warn!(%error, "status report not encoded"),
                 }
             }
             _ = tokio::time::sleep(sleep), if timer_owner => {

@@ -198,12 +198,25 @@ struct PeerState {
     wanted: BTreeMap<u16, BTreeSet<ChangeHash>>,
     /// The round of our last probe to this peer: only its `InSync` ends our conversation.
     probe_round: Option<u32>,
+    /// The newest of our rounds whose `DigestReply` we acted on.
+    replied_round: Option<u32>,
     /// The driver cannot deliver to this peer as fast as we produce (see
     /// [`Engine::set_peer_backlogged`]): sync replies wait in `deferred` instead of being
     /// built, so nothing is spent on messages the driver would have to drop.
     backlogged: bool,
     /// Shards whose sync reply to this peer waits for the backlog to clear.
     deferred: BTreeSet<u16>,
+}
+
+impl PeerState {
+    /// Whether a `DigestReply` for `round` may act: a round we probed (none from the future),
+    /// newer than the last reply acted on. Round ids wrap, so "newer" is a wrapping distance.
+    fn takes_reply(&self, round: u32) -> bool {
+        let newer = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+        self.probe_round
+            .is_some_and(|probed| probed == round || newer(probed, round))
+            && self.replied_round.is_none_or(|replied| newer(round, replied))
+    }
 }
 
 /// Cloning copies the whole replica (documents included): for snapshots in simulations and
@@ -534,6 +547,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 fruitless_syncs: 0,
                 wanted: BTreeMap::new(),
                 probe_round: None,
+                replied_round: None,
                 backlogged: false,
                 deferred: BTreeSet::new(),
             },
@@ -622,13 +636,6 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             } => self.on_sync(now_ms, peer, shard, &message, &signatures)?,
             Message::WantBodies { ids } => self.on_want_bodies(peer, ids),
             Message::Bodies { records } => self.on_bodies(records)?,
-        }
-        if matches!(kind, MessageKind::DigestProbe | MessageKind::DigestReply) {
-            // A new round: whatever happened before, the conversation starts afresh.
-            if let Some(state) = self.peers.get_mut(peer) {
-                state.fruitless_syncs = 0;
-            }
-            self.note_conversation(now_ms, peer);
         }
         self.stats.messages_in[kind.index()] += 1;
         self.stats.bytes_in[kind.index()] += bytes.len() as u64;
@@ -1098,6 +1105,14 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
     }
 
+    /// A new round: whatever happened before, the conversation starts afresh.
+    fn begin_round_conversation(&mut self, now_ms: u64, peer: &P) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.fruitless_syncs = 0;
+        }
+        self.note_conversation(now_ms, peer);
+    }
+
     fn mark_in_sync(&mut self, now_ms: u64, peer: &P) {
         self.stats.rounds_in_sync += 1;
         if let Some(state) = self.peers.get_mut(peer) {
@@ -1140,6 +1155,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         if root == self.root {
             self.mark_in_sync(now_ms, peer);
+            self.begin_round_conversation(now_ms, peer);
             self.send(Destination::Peer(peer.clone()), Message::InSync { round });
             return Ok(());
         }
@@ -1155,6 +1171,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 shards: digests,
             },
         );
+        self.begin_round_conversation(now_ms, peer);
         Ok(())
     }
 
@@ -1162,7 +1179,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         &mut self,
         now_ms: u64,
         peer: &P,
-        _round: u32,
+        round: u32,
         _root: RootDigest,
         digests: Vec<[u8; 8]>,
     ) -> Result<(), ProtocolError> {
@@ -1172,6 +1189,17 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 theirs: digests.len() as u16,
             });
         }
+        // Over a slow link rounds overlap, and their replies are acted on as they come; but a
+        // reply that arrives after a newer round's describes a state both sides have moved past,
+        // and acting on it would reset the conversation that newer round started.
+        let Some(state) = self.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        if !state.takes_reply(round) {
+            trace!(?peer, round, "digest reply to an older round ignored");
+            return Ok(());
+        }
+        state.replied_round = Some(round);
         let differing: Vec<u16> = (0..self.config.shards)
             .filter(|&s| digests[s as usize] != self.shards[s as usize].digest())
             .collect();
@@ -1182,6 +1210,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             self.restart_sync(peer, shard);
             self.sync_out(peer, shard);
         }
+        self.begin_round_conversation(now_ms, peer);
         Ok(())
     }
 

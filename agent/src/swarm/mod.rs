@@ -157,12 +157,7 @@ pub async fn start(
             .validate_messages()
             .max_transmit_size(max_bytes)
             .heartbeat_interval(Duration::from_millis(700))
-            .message_id_fn(|m: &gossipsub::Message| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                m.data.hash(&mut h);
-                gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
-            })
+            .message_id_fn(|m: &gossipsub::Message| gossip_message_id(&m.data))
             .build()
             .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
         let gossipsub =
@@ -706,5 +701,31 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Gossip drops a message whose id it has seen, so every agent must compute the same id for the
+/// same bytes whatever toolchain built it: a fixed hash (std's `DefaultHasher` may change
+/// between Rust releases).
+fn gossip_message_id(data: &[u8]) -> gossipsub::MessageId {
+    use sha2::{Digest, Sha256};
+    gossipsub::MessageId::from(Sha256::digest(data)[..20].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned: agents of different builds in one swarm must agree on it.
+    #[test]
+    fn the_gossip_message_id_is_the_same_for_every_build() {
+        assert_eq!(
+            gossip_message_id(b"murmur push").0,
+            hex::decode("540688eb17f18446e651472d3109c846def31267").unwrap()
+        );
+        assert_ne!(
+            gossip_message_id(b"murmur push"),
+            gossip_message_id(b"murmur push!")
+        );
     }
 }
