@@ -1,8 +1,6 @@
 //! The HTTP API of a real agent process: the happy paths and every kind of bad request.
 
-mod common;
-
-use common::AgentProcess;
+use murmur_tests::AgentProcess;
 use serde_json::{Value, json};
 
 #[test]
@@ -139,7 +137,7 @@ fn selective_filters_still_return_k_results() {
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, "exact_search_threshold = 0\n").unwrap();
     let agent = AgentProcess::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
-    let corpus = common::corpus();
+    let corpus = murmur_tests::corpus();
     let memories: Vec<Value> = corpus
         .iter()
         .take(300)

@@ -1,14 +1,12 @@
 //! A damaged store is found and named at start, never served: one flipped byte in one memory's
 //! stored body stops the agent with an error that names that memory.
 
-mod common;
-
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::AgentProcess;
+use murmur_tests::AgentProcess;
 use serde_json::json;
 
 #[test]
@@ -33,7 +31,7 @@ fn a_flipped_byte_in_a_stored_memory_is_named_at_start() {
     std::fs::write(&bodies_path, &bodies).unwrap();
 
     let _ = std::fs::remove_file(dir.path().join("api.addr"));
-    let mut child = Command::new(common::agent_binary())
+    let mut child = Command::new(murmur_tests::binaries::agent())
         .args(["run", "--api-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn,ort=warn")

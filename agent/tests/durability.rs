@@ -1,8 +1,6 @@
 //! Nothing acknowledged is lost: SIGKILL the agent at random moments during a stream of
 //! writes, restart it, and find every acknowledged memory, whole and searchable.
 
-mod common;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProcess, Lcg, env_or};
+use murmur_tests::{AgentProcess, Lcg, env_or};
 use serde_json::{Value, json};
 
 #[test]
@@ -20,7 +18,7 @@ fn sigkill_during_writes_loses_nothing_acknowledged() {
     let seed: u64 = env_or("MURMUR_TEST_SEED", 0x5eed);
     let cycles: usize = env_or("MURMUR_KILL_CYCLES", 12);
     let mut rng = Lcg(seed);
-    let corpus = common::corpus();
+    let corpus = murmur_tests::corpus();
     let dir = tempfile::tempdir().unwrap();
     // id -> (text, metadata) of every memory whose write was acknowledged with 201.
     let acknowledged: Arc<Mutex<HashMap<String, (String, Value)>>> = Arc::default();
@@ -78,7 +76,7 @@ fn sigkill_during_writes_loses_nothing_acknowledged() {
                 n
             })
         };
-        std::thread::sleep(Duration::from_millis(200 + rng.next() % 1500));
+        std::thread::sleep(Duration::from_millis(200 + rng.next_u64() % 1500));
         agent.kill();
         stop.store(true, Ordering::Relaxed);
         sequence = writer.join().unwrap() + 1;

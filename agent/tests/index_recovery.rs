@@ -1,9 +1,7 @@
 //! The vector index is derived data: deleted, corrupted or stale, it is rebuilt from sled and
 //! search answers as before.
 
-mod common;
-
-use common::AgentProcess;
+use murmur_tests::AgentProcess;
 use serde_json::{Value, json};
 
 const QUERIES: &[&str] = &[
@@ -21,7 +19,7 @@ fn answers(agent: &AgentProcess) -> Vec<Vec<String>> {
 fn missing_corrupt_or_stale_index_is_rebuilt_with_equal_results() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProcess::start(dir.path(), &[]);
-    let memories: Vec<Value> = common::corpus()
+    let memories: Vec<Value> = murmur_tests::corpus()
         .iter()
         .take(200)
         .map(|t| json!({ "text": t }))

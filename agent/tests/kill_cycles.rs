@@ -5,8 +5,6 @@
 //! at all, which it refuses to do when its replica and its store disagree. At the end it holds
 //! everything its peer wrote.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -16,14 +14,14 @@ use std::{
     time::Duration,
 };
 
-use common::{AgentProcess, Lcg, env_or, wait_until};
+use murmur_tests::{AgentProcess, Lcg, env_or, wait_until};
 use serde_json::json;
 
 const SWARM_KEY: &str = "3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c";
 
 fn vector(rng: &mut Lcg) -> Vec<f32> {
     let raw: Vec<f32> = (0..384)
-        .map(|_| (rng.next() % 2000) as f32 / 1000.0 - 1.0)
+        .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
         .collect();
     let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-3);
     raw.into_iter().map(|x| x / norm).collect()
@@ -83,7 +81,7 @@ fn sigkill_during_writes_deletes_and_receives_loses_nothing_and_brings_nothing_b
         let client = murmur_agent::client::Client::new(victim.client.base());
         let worker = {
             let (ledger, stop) = (ledger.clone(), stop.clone());
-            let mut rng = Lcg(rng.next() ^ cycle as u64);
+            let mut rng = Lcg(rng.next_u64() ^ cycle as u64);
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -96,10 +94,10 @@ fn sigkill_during_writes_deletes_and_receives_loses_nothing_and_brings_nothing_b
                             .cloned()
                             .collect()
                     };
-                    if !live.is_empty() && rng.next() % 10 < 3 {
+                    if !live.is_empty() && rng.next_u64() % 10 < 3 {
                         let mut sorted = live;
                         sorted.sort();
-                        let id = sorted[rng.next() as usize % sorted.len()].clone();
+                        let id = sorted[rng.next_u64() as usize % sorted.len()].clone();
                         ledger.lock().unwrap().in_doubt.insert(id.clone());
                         match client.send("DELETE", &format!("/v1/memories/{id}"), None) {
                             Ok(reply) if reply.status < 300 => {
@@ -111,7 +109,10 @@ fn sigkill_during_writes_deletes_and_receives_loses_nothing_and_brings_nothing_b
                             Err(_) => break,
                         }
                     } else {
-                        let text = format!("victim note {cycle}/{n} {:016x}", rng.next() << 20 ^ rng.next());
+                        let text = format!(
+                            "victim note {cycle}/{n} {:016x}",
+                            rng.next_u64() << 20 ^ rng.next_u64()
+                        );
                         let body = json!({ "text": text, "vector": vector(&mut rng) });
                         match client.post("/v1/memories", &body) {
                             Ok(reply) if reply.status == 201 => {
@@ -127,7 +128,7 @@ fn sigkill_during_writes_deletes_and_receives_loses_nothing_and_brings_nothing_b
                 }
             })
         };
-        std::thread::sleep(Duration::from_millis(40 + rng.next() % 400));
+        std::thread::sleep(Duration::from_millis(40 + rng.next_u64() % 400));
         victim.kill();
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap();

@@ -1,9 +1,7 @@
 //! Every memory an agent stores is also a signed record of the swarm state, kept in the same
 //! database: a restart rebuilds the same state, deletes become signed tombstones.
 
-mod common;
-
-use common::AgentProcess;
+use murmur_tests::AgentProcess;
 use serde_json::json;
 
 #[test]

@@ -1,9 +1,7 @@
 //! Real agent processes gossiping over libp2p on loopback: what one writes, all can search;
 //! what one deletes is gone everywhere; an agent without the swarm key learns nothing.
 
-mod common;
-
-use common::{AgentProcess, wait_until};
+use murmur_tests::{AgentProcess, wait_until};
 use serde_json::json;
 
 const KEY: &str = "6d75726d75722d746573742d737761726d2d6b65792d303030303030303030ff";

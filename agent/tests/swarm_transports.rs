@@ -2,11 +2,9 @@
 //! relay v2) with AutoNAT and hole punching on loopback, and mDNS discovery on a LAN made of
 //! network namespaces that the test creates (multicast never leaves them).
 
-mod common;
-
 use std::process::Command;
 
-use common::{AgentProcess, wait_until};
+use murmur_tests::{AgentProcess, wait_until};
 use serde_json::{Value, json};
 
 const KEY: &str = "6d75726d75722d746573742d737761726d2d6b65792d3030303030303030aa01";

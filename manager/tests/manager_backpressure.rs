@@ -1,8 +1,6 @@
 //! An agent that reads its uplink slowly: the manager holds its sync replies back while that
 //! agent's outbox is long, and the agent still ends with everything once it has drained.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -11,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use murmur_manager::manager::now_ms;
 use murmur_sync::{Config, Engine, InMemoryBodies, MemoryDraft, SigningKey};
+use murmur_tests::*;
 use murmur_uplink::{Credentials, Frame, FrameKind, FrameReader, client_endpoint, connect, write_frame};
 
 type Key = [u8; 32];

@@ -1,11 +1,9 @@
 //! The manager under things going wrong: killed mid-upload, intruders, broken streams, and two
 //! managers sharing one bucket.
 
-mod common;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use common::*;
+use murmur_tests::*;
 use murmur_uplink::{Credentials, Frame, FrameKind, client_endpoint, connect, write_frame};
 
 #[test]

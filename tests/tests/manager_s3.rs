@@ -3,16 +3,14 @@
 //! conditional puts refuse to overwrite, and a manager with no local state reloads the swarm
 //! from the bucket alone.
 
-mod common;
-
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
 use futures::TryStreamExt;
 use murmur_manager::bucket::{Bucket, BucketError};
+use murmur_tests::*;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 const BUCKET: &str = "murmur-test";

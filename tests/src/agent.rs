@@ -1,37 +1,13 @@
 //! Real agent processes for the integration tests: spawned from the built binary, on an
 //! ephemeral loopback port, with their own data directory.
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-pub mod delay_proxy;
-
 use murmur_agent::client::Client;
 use serde_json::{Value, json};
-
-/// The agent binary: Cargo names it for this crate's tests; other crates' tests (the
-/// manager's) find it beside their own executable, built by the workspace test run.
-pub fn agent_binary() -> PathBuf {
-    if let Some(path) = option_env!("CARGO_BIN_EXE_murmur-agent") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("murmur-agent"))
-        .expect("target directory");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (cargo build -p murmur-agent, or run the workspace tests)",
-        path.display()
-    );
-    path
-}
 
 pub struct AgentProcess {
     child: Child,
@@ -54,7 +30,7 @@ impl AgentProcess {
             .append(true)
             .open(data_dir.join("agent.log"))
             .expect("log file");
-        let binary = agent_binary();
+        let binary = crate::binaries::agent();
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -202,7 +178,6 @@ pub fn corpus() -> Vec<String> {
         .collect()
 }
 
-/// Waits until `condition` holds, polling; panics with `what` after `seconds`.
 /// A test setting from the environment (a seed to replay, a longer run), else `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -216,7 +191,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub struct Lcg(pub u64);
 
 impl Lcg {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -225,6 +200,7 @@ impl Lcg {
     }
 }
 
+/// Waits until `condition` holds, polling; panics with `what` after `seconds`.
 pub fn wait_until(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !condition() {

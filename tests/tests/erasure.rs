@@ -2,11 +2,9 @@
 //! deleted, leaves no byte of its text nor of its vector in any agent's data directory, in the
 //! bucket or in the Parquet export, once the swarm has converged and the manager compacted.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use murmur_tests::*;
 use serde_json::json;
 
 const DIMENSION: usize = 384;

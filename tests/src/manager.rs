@@ -1,5 +1,4 @@
-//! Real manager and agent processes for the manager's integration tests.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Real manager processes, agents that upload to them, and readers of what managers write.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,10 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-#[path = "../../../agent/tests/common/mod.rs"]
-pub mod agents;
-
-pub use agents::{AgentProcess, wait_until};
+use crate::agent::AgentProcess;
 
 pub const SWARM_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 pub const TOKEN: &str = "operator-token-for-tests";
@@ -38,7 +34,7 @@ impl ManagerProcess {
             .append(true)
             .open(data_dir.join("manager.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_murmur-manager"))
+        let child = Command::new(crate::binaries::manager())
             .args([
                 "run",
                 "--http-listen",

@@ -1,9 +1,7 @@
 //! Agents (real processes) and a manager on loopback: memories flow up, land in the bucket and
 //! in the Parquet export, and a delete takes them out of the current view.
 
-mod common;
-
-use common::*;
+use murmur_tests::*;
 use serde_json::json;
 
 #[test]

@@ -14,15 +14,13 @@
 //! Tolerances (stated in docs/simulator.md): median time for a memory to reach all agents
 //! within 25%, p95 within 50%; bytes of pushes the engines accepted within 10%.
 
-mod common;
-
 use std::{
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use common::{AgentProcess, delay_proxy::DelayProxy, wait_until};
 use murmur_sim::Scenario;
+use murmur_tests::{AgentProcess, delay_proxy::DelayProxy, wait_until};
 use serde_json::json;
 
 const KEY: &str = "6d75726d75722d73696d2d7265616c6974792d636865636b2d6b65792d303031";

@@ -3,15 +3,13 @@
 //! chart and the gossip graph, and a search typed into the page returns the memory that
 //! answers it. A screenshot is kept as a test artefact.
 
-mod common;
-
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use murmur_tests::*;
 use serde_json::{Value, json};
 
 struct Browser {
@@ -197,7 +195,7 @@ fn the_dashboard_shows_the_swarm_and_searches_it_in_chromium() {
     let mut south_args = swarm.to_vec();
     south_args.extend(["--swarm-bootstrap", bootstrap.as_str()]);
     let south = agent_for(&dir.path().join("south"), &manager.uplink, &south_args);
-    let texts = agents::corpus();
+    let texts = corpus();
     let first: Vec<_> = texts[..60].iter().map(|t| memory(t)).collect();
     north.add_all(&first, 30);
     let forklift = south.add(memory("The forklift battery in bay 7 is below 20 percent charge"));
