@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod binaries;
+pub mod chaos_link;
 pub mod delay_proxy;
 pub mod manager;
 

@@ -134,6 +134,9 @@ struct Driver {
     /// connected, because mDNS announces a peer once and a first dial can fail (both sides
     /// dialling at once, a peer still starting).
     discovered: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
+    /// Bootstrap peers named with their `/p2p/` id: redialled while not connected, so a peer
+    /// that restarts, or comes back after a partition, is reached again.
+    bootstrap: BTreeMap<PeerId, Multiaddr>,
 }
 
 /// Starts the driver on the current tokio runtime; returns once it listens.
@@ -284,12 +287,14 @@ pub async fn start(
         swarm.add_external_address(addr);
     }
     // Dial only now: the connections' events belong to the driver's loop.
+    let mut bootstrap = BTreeMap::new();
     for addr in &settings.bootstrap {
         let addr: Multiaddr = addr.parse()?;
-        if let Some(Protocol::P2p(peer)) = addr.iter().last()
-            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
-        {
-            kad.add_address(&peer, addr.clone());
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            bootstrap.insert(peer, addr.clone());
+            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                kad.add_address(&peer, addr.clone());
+            }
         }
         if let Err(error) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
@@ -323,6 +328,7 @@ pub async fn start(
         view,
         relays,
         discovered: BTreeMap::new(),
+        bootstrap,
     };
     driver.listen_via_relays();
     let task = tokio::spawn(driver.run(notify));
@@ -338,7 +344,7 @@ struct RelayListener {
 impl Driver {
     async fn run(mut self, notify: Arc<Notify>) {
         // On this beat a relay that refused or lost our reservation is asked again, and LAN
-        // peers found but not connected are dialled again.
+        // and bootstrap peers not connected are dialled again.
         let mut retry = tokio::time::interval(Duration::from_secs(5));
         loop {
             let wake_at = self.agent.replica().lock().poll_timeout();
@@ -347,7 +353,7 @@ impl Driver {
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 _ = retry.tick() => {
                     self.listen_via_relays();
-                    self.redial_discovered();
+                    self.redial_known_peers();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                     let agent = self.agent.clone();
@@ -380,12 +386,18 @@ impl Driver {
         }
     }
 
-    fn redial_discovered(&mut self) {
-        let waiting: Vec<(PeerId, Vec<Multiaddr>)> = self
+    fn redial_known_peers(&mut self) {
+        let discovered = self
             .discovered
             .iter()
+            .map(|(peer, addrs)| (*peer, addrs.iter().cloned().collect::<Vec<_>>()));
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .map(|(peer, addr)| (*peer, vec![addr.clone()]));
+        let waiting: Vec<(PeerId, Vec<Multiaddr>)> = discovered
+            .chain(bootstrap)
             .filter(|(peer, _)| !self.swarm.is_connected(peer) && self.allowed(peer))
-            .map(|(peer, addrs)| (*peer, addrs.iter().cloned().collect()))
             .collect();
         for (peer, addrs) in waiting {
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
@@ -393,7 +405,7 @@ impl Driver {
                 .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
                 .build();
             if let Err(error) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, %error, "cannot dial a discovered peer");
+                tracing::debug!(%peer, %error, "cannot dial a discovered or bootstrap peer");
             }
         }
     }
@@ -499,7 +511,7 @@ impl Driver {
                         self.discovered.entry(peer).or_default().insert(addr);
                     }
                 }
-                self.redial_discovered();
+                self.redial_known_peers();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
                 for (peer, addr) in gone {
