@@ -39,7 +39,7 @@ pub struct SearchRequest {
     pub query: Option<String>,
     #[serde(default)]
     pub vector: Option<Vec<f32>>,
-    #[serde(default = "default_k")]
+    #[serde(default = "default_k", deserialize_with = "crate::whole_number::deserialize")]
     pub k: usize,
     #[serde(default)]
     pub filter: FilterRequest,
@@ -640,7 +640,7 @@ impl Agent {
         if request.k == 0 || request.k > MAX_K {
             return Err(AgentError::invalid(format!("k must be 1-{MAX_K}")));
         }
-        let filter = Filter::compile(request.filter)?;
+        let filter = Filter::compile(request.filter, &self.config.limits)?;
         let query = match (request.query, request.vector) {
             (Some(_), Some(_)) => return Err(AgentError::invalid("give either query or vector, not both")),
             (None, None) => return Err(AgentError::invalid("give a query text or a vector")),
@@ -653,7 +653,7 @@ impl Agent {
             }
             (None, Some(vector)) => {
                 validate_vector(&vector, self.embedder.dimension())?;
-                vector
+                unit_length(&vector)
             }
         };
         let k = request.k;
@@ -844,4 +844,15 @@ impl Agent {
     pub fn embedder_stats(&self) -> murmur_models::EmbedderStats {
         self.embedder.stats()
     }
+}
+
+/// `vector` scaled to unit length, the norm taken in f64: cosine does not depend on a query's
+/// length, but f32 arithmetic on a valid vector of large components overflows to NaN scores.
+fn unit_length(vector: &[f32]) -> Vec<f32> {
+    let norm = vector
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
+    vector.iter().map(|&v| (f64::from(v) / norm) as f32).collect()
 }

@@ -156,6 +156,34 @@ fn selective_filters_still_return_k_results() {
     agent.stop();
 }
 
+/// A search vector may have any finite 32-bit components: one with large components (its f32
+/// norm overflows) still ranks by cosine, the same as its unit-length copy, with numeric scores.
+#[test]
+fn a_search_vector_with_large_components_ranks_like_its_unit_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    let corpus = murmur_tests::corpus();
+    let memories: Vec<Value> = corpus
+        .iter()
+        .take(20)
+        .map(|text| json!({ "text": text }))
+        .collect();
+    agent.add_all(&memories, 20);
+    let unit: Vec<f32> = (0..384).map(|d| if d % 7 == 0 { 0.3 } else { -0.05 }).collect();
+    let large: Vec<f32> = unit.iter().map(|v| v * 1e37).collect();
+    let by_unit = agent.search(json!({ "vector": unit, "k": 5 }));
+    let by_large = agent.search(json!({ "vector": large, "k": 5 }));
+    assert_eq!(by_large.len(), 5);
+    assert!(
+        by_large.iter().all(|hit| hit["score"].is_number()),
+        "scores: {:?}",
+        by_large.iter().map(|h| &h["score"]).collect::<Vec<_>>()
+    );
+    let ids = |hits: &[Value]| hits.iter().map(|h| h["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&by_large), ids(&by_unit));
+    agent.stop();
+}
+
 /// Sends `body` raw and checks status and error code; returns nothing but asserts.
 fn expect_error(agent: &AgentProcess, method: &str, path: &str, body: Option<&str>, status: u16, code: &str) {
     let reply = agent.client.send(method, path, body.map(str::as_bytes)).unwrap();
