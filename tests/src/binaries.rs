@@ -36,7 +36,17 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
 fn build_all() -> BTreeMap<String, PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // Cargo gives a test process the variables it gives the crate under test (CARGO_PKG_NAME,
+    // OUT_DIR, ...). Some build scripts watch those names (ring's does), so passed on they make
+    // this build rerun those scripts and rebuild everything above them, and the test command's
+    // next build undo it. This build must see the environment the test command's build saw.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_the_crate) {
+            command.env_remove(name);
+        }
+    }
+    let output = command
         .current_dir(workspace)
         .args([
             "test",
@@ -67,4 +77,44 @@ fn build_all() -> BTreeMap<String, PathBuf> {
             Some((name, PathBuf::from(executable)))
         })
         .collect()
+}
+
+/// Whether Cargo sets `name` for the crate it builds or runs (The Cargo Book, "Environment
+/// variables Cargo sets for crates"), rather than it coming from the user's environment.
+fn set_by_cargo_for_the_crate(name: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"];
+    const NAMES: [&str; 5] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix)) || NAMES.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_for_the_crate;
+
+    #[test]
+    fn the_crate_variables_are_dropped_and_the_users_kept() {
+        for crate_variable in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_BIN_EXE_murmur-agent",
+        ] {
+            assert!(set_by_cargo_for_the_crate(crate_variable), "{crate_variable}");
+        }
+        for user_variable in [
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_INCREMENTAL",
+            "PATH",
+            "RUSTFLAGS",
+        ] {
+            assert!(!set_by_cargo_for_the_crate(user_variable), "{user_variable}");
+        }
+    }
 }
