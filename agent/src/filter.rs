@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::{
-    error::{AgentError, Result},
-    memory::{Memory, validate_namespace},
+    error::Result,
+    memory::{Limits, Memory, validate_namespace, validate_tag},
     time::parse_timestamp_ms,
 };
 
@@ -71,9 +71,13 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn compile(request: FilterRequest) -> Result<Self> {
+    /// The filter `request` asks for; its tags must be tags a memory could carry.
+    pub fn compile(request: FilterRequest, limits: &Limits) -> Result<Self> {
         if let Some(ns) = &request.namespace {
             validate_namespace(ns)?;
+        }
+        for tag in request.tags_any.iter().chain(&request.tags_all) {
+            validate_tag(tag, limits)?;
         }
         let after_ms = request
             .created_after
@@ -85,13 +89,9 @@ impl Filter {
             .as_deref()
             .map(parse_timestamp_ms)
             .transpose()?;
-        if let (Some(a), Some(b)) = (after_ms, before_ms)
-            && a >= b
-        {
-            return Err(AgentError::invalid(
-                "created_after must be earlier than created_before",
-            ));
-        }
+        // A window with `created_after` not before `created_before` is empty: it matches
+        // nothing, as the same bounds would in SQL, rather than being an error a schema
+        // cannot describe.
         Ok(Self {
             namespace: request.namespace,
             tags_any: request.tags_any,
@@ -145,13 +145,16 @@ mod tests {
 
     #[test]
     fn attribute_filters() {
-        let filter = Filter::compile(FilterRequest {
-            namespace: Some("a".into()),
-            tags_any: vec!["x".into(), "y".into()],
-            tags_all: vec!["z".into()],
-            created_after: Some("2026-01-01T00:00:00Z".into()),
-            ..Default::default()
-        })
+        let filter = Filter::compile(
+            FilterRequest {
+                namespace: Some("a".into()),
+                tags_any: vec!["x".into(), "y".into()],
+                tags_all: vec!["z".into()],
+                created_after: Some("2026-01-01T00:00:00Z".into()),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
         .unwrap();
         let jan2 = 1_767_312_000_000; // 2026-01-02
         assert!(filter.matches_attrs(&attrs("a", &["x", "z"], jan2)));
@@ -159,7 +162,11 @@ mod tests {
         assert!(!filter.matches_attrs(&attrs("a", &["z"], jan2)));
         assert!(!filter.matches_attrs(&attrs("a", &["x"], jan2)));
         assert!(!filter.matches_attrs(&attrs("a", &["x", "z"], 1_000)));
-        assert!(Filter::compile(FilterRequest::default()).unwrap().is_empty());
+        assert!(
+            Filter::compile(FilterRequest::default(), &Limits::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -168,17 +175,46 @@ mod tests {
             namespace: Some("no spaces".into()),
             ..Default::default()
         };
-        assert!(Filter::compile(bad_ns).is_err());
+        assert!(Filter::compile(bad_ns, &Limits::default()).is_err());
         let bad_time = FilterRequest {
             created_after: Some("yesterday".into()),
             ..Default::default()
         };
-        assert!(Filter::compile(bad_time).is_err());
-        let inverted = FilterRequest {
-            created_after: Some("2026-02-01T00:00:00Z".into()),
-            created_before: Some("2026-01-01T00:00:00Z".into()),
-            ..Default::default()
-        };
-        assert!(Filter::compile(inverted).is_err());
+        assert!(Filter::compile(bad_time, &Limits::default()).is_err());
+        for bad_tag in ["", "  ", "esc\u{9b}ape", &"x".repeat(65)] {
+            let request = FilterRequest {
+                tags_all: vec![bad_tag.into()],
+                ..Default::default()
+            };
+            assert!(
+                Filter::compile(request, &Limits::default()).is_err(),
+                "{bad_tag:?}"
+            );
+        }
+    }
+
+    /// An empty or inverted time window is a valid filter that matches nothing.
+    #[test]
+    fn an_empty_time_window_matches_nothing() {
+        for (after, before) in [
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+            ("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+        ] {
+            let window = Filter::compile(
+                FilterRequest {
+                    created_after: Some(after.into()),
+                    created_before: Some(before.into()),
+                    ..Default::default()
+                },
+                &Limits::default(),
+            )
+            .unwrap();
+            for at in [1_767_225_599_999, 1_767_225_600_000, 1_769_904_000_000] {
+                assert!(
+                    !window.matches_attrs(&attrs("default", &[], at)),
+                    "{after}..{before} took {at}"
+                );
+            }
+        }
     }
 }

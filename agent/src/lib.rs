@@ -20,6 +20,7 @@ pub mod store;
 pub mod swarm;
 pub mod time;
 pub mod uplink;
+pub mod whole_number;
 
 pub use config::AgentConfig;
 pub use error::{AgentError, Result};

@@ -141,6 +141,17 @@ impl NewMemory {
     }
 }
 
+/// One tag: 1 to `max_tag_bytes` bytes, not blank, no control characters.
+pub fn validate_tag(tag: &str, limits: &Limits) -> Result<()> {
+    if tag.trim().is_empty() || tag.len() > limits.max_tag_bytes || tag.chars().any(char::is_control) {
+        return Err(AgentError::invalid(format!(
+            "tag {tag:?} is invalid: 1-{} bytes, not blank, no control characters",
+            limits.max_tag_bytes
+        )));
+    }
+    Ok(())
+}
+
 fn validate_tags(tags: Vec<String>, limits: &Limits) -> Result<Vec<String>> {
     if tags.len() > limits.max_tags {
         return Err(AgentError::invalid(format!(
@@ -151,12 +162,7 @@ fn validate_tags(tags: Vec<String>, limits: &Limits) -> Result<Vec<String>> {
     }
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for tag in tags {
-        if tag.trim().is_empty() || tag.len() > limits.max_tag_bytes || tag.chars().any(char::is_control) {
-            return Err(AgentError::invalid(format!(
-                "tag {tag:?} is invalid: 1-{} bytes, not blank, no control characters",
-                limits.max_tag_bytes
-            )));
-        }
+        validate_tag(&tag, limits)?;
         if !out.contains(&tag) {
             out.push(tag);
         }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::{FromRequest, FromRequestParts, Path, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header, request::Parts},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
 use murmur_models::Embedder;
-use murmur_sync::{MemoryDraft, MemoryId};
-use serde::Deserialize;
+use murmur_sync::{MemoryDraft, MemoryId, RecordLimits};
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -53,6 +53,51 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// A JSON request body whose rejections (not JSON, wrong fields, no content type, too large)
+/// answer in the API's error shape with axum's status, as every other error does.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(body)| JsonBody(body))
+            .map_err(|rejection: JsonRejection| ApiError(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// A count from JSON, where `10` and `10.0` are the same number (JSON Schema's `integer`
+/// includes both): `None` for fractions, negatives and non-numbers.
+fn whole_number(value: &Value) -> Option<usize> {
+    let number = value.as_number()?;
+    let whole = match number.as_u64() {
+        Some(whole) => whole,
+        None => {
+            let float = number.as_f64()?;
+            // Beyond 2^53 floats skip whole numbers; no count gets near it.
+            if float.fract() != 0.0 || !(0.0..=9_007_199_254_740_992.0).contains(&float) {
+                return None;
+            }
+            float as u64
+        }
+    };
+    usize::try_from(whole).ok()
+}
+
+/// A request that carries the operator token. Taken before the body, so a caller without the
+/// token learns nothing from how its body is parsed.
+struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers).map(|()| Operator)
+    }
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -88,8 +133,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn overview(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    authorize(&state, &headers)?;
+async fn overview(State(state): State<AppState>, _: Operator) -> ApiResult {
     let manager = &state.manager;
     let now = now_ms();
     let (root, lags) = {
@@ -160,12 +204,13 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
 #[serde(deny_unknown_fields)]
 struct SearchRequest {
     query: String,
+    /// A JSON number, checked by `whole_number`.
     #[serde(default = "default_k")]
-    k: usize,
+    k: Value,
 }
 
-fn default_k() -> usize {
-    10
+fn default_k() -> Value {
+    Value::from(10)
 }
 
 fn embedder(state: &AppState) -> Result<&Arc<Embedder>, ApiError> {
@@ -187,21 +232,25 @@ async fn embed(embedder: &Embedder, text: String) -> Result<Vec<f32>, ApiError> 
 
 async fn search(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(request): Json<SearchRequest>,
+    _: Operator,
+    JsonBody(request): JsonBody<SearchRequest>,
 ) -> ApiResult {
-    authorize(&state, &headers)?;
     let embedder = embedder(&state)?;
     if request.query.trim().is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "query is empty".into()));
     }
-    if request.k == 0 || request.k > MAX_K {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("k must be 1-{MAX_K}")));
-    }
+    let k = whole_number(&request.k)
+        .filter(|k| (1..=MAX_K).contains(k))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("k must be a whole number 1-{MAX_K}"),
+            )
+        })?;
     let query = embed(embedder, request.query).await?;
     state.manager.metrics.searches.inc();
     let view = state.manager.view();
-    let (hits, searched) = view.search(embedder.model_id(), &query, request.k);
+    let (hits, searched) = view.search(embedder.model_id(), &query, k);
     let hits: Vec<Value> = hits
         .into_iter()
         .map(|(score, record)| {
@@ -239,13 +288,21 @@ fn default_namespace() -> String {
 /// An operator's memory: embedded here, signed by the manager, stored, then sent to agents.
 async fn publish(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(request): Json<PublishRequest>,
+    _: Operator,
+    JsonBody(request): JsonBody<PublishRequest>,
 ) -> ApiResult {
-    authorize(&state, &headers)?;
     let embedder = embedder(&state)?;
     if request.text.trim().is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "text is empty".into()));
+    }
+    // Counted as sent, as the agent counts them: the record keeps them de-duplicated, but a
+    // request over the limit is refused whatever it repeats.
+    let max_tags = RecordLimits::default().max_tags;
+    if request.tags.len() > max_tags {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{} tags; the limit is {max_tags}", request.tags.len()),
+        ));
     }
     let vector = embed(embedder, request.text.clone()).await?;
     let draft = MemoryDraft {
@@ -278,8 +335,7 @@ async fn publish(
     Ok(Json(json!({"ids": ids})))
 }
 
-async fn memory(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    authorize(&state, &headers)?;
+async fn memory(State(state): State<AppState>, _: Operator, Path(id): Path<String>) -> ApiResult {
     let uuid = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{id:?} is not a memory id")))?;
     let id = MemoryId(uuid.into_bytes());
