@@ -20,11 +20,11 @@ use futures::TryStreamExt;
 use murmur_sync::SignedChange;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::segment::{self, SegmentContent};
 
 /// 2: documents hold entries and segments carry the bodies beside them (sync wire version 2).
 const LAYOUT_VERSION: u32 = 2;
-const SEGMENT_MAGIC: &[u8; 8] = b"MMSEG02\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
@@ -38,6 +38,8 @@ pub enum BucketError {
     Fsync { path: String, source: std::io::Error },
     #[error("the bucket holds a swarm with {found} shards, this manager is configured for {configured}")]
     ShardMismatch { found: u16, configured: u16 },
+    #[error(transparent)]
+    TooLarge(#[from] segment::TooLarge),
     #[error("the bucket's layout is version {0}; this manager reads version {LAYOUT_VERSION}")]
     UnknownLayout(u32),
 }
@@ -200,7 +202,7 @@ impl Bucket {
         bodies: &[Vec<u8>],
         covers: &[String],
     ) -> Result<Path, BucketError> {
-        let body = encode_segment(changes, bodies, covers);
+        let body = segment::encode(changes, bodies, covers)?;
         loop {
             let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = self.path(&format!("v1/{area}/{}/{seq:012}.seg", self.writer));
@@ -261,11 +263,11 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let Decoded {
+        let SegmentContent {
             changes,
             bodies,
             covers,
-        } = decode_segment(&bytes).map_err(|reason| BucketError::Corrupt {
+        } = segment::decode(&bytes).map_err(|reason| BucketError::Corrupt {
             path: path.to_owned(),
             reason,
         })?;
@@ -285,111 +287,6 @@ impl Bucket {
     }
 }
 
-/// `magic, u32 covers, (u16 len, key)*, u32 changes, (u16 shard, u32 len, change)*,
-/// u32 bodies, (u32 len, record)*, sha256`.
-fn encode_segment(changes: &[(u16, SignedChange)], bodies: &[Vec<u8>], covers: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        64 + changes.iter().map(|(_, c)| c.bytes.len() + 70).sum::<usize>()
-            + bodies.iter().map(|b| b.len() + 4).sum::<usize>(),
-    );
-    out.extend_from_slice(SEGMENT_MAGIC);
-    out.extend_from_slice(&(covers.len() as u32).to_be_bytes());
-    for key in covers {
-        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-        out.extend_from_slice(key.as_bytes());
-    }
-    out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
-    for (shard, change) in changes {
-        let encoded = change.encode();
-        out.extend_from_slice(&shard.to_be_bytes());
-        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        out.extend_from_slice(&encoded);
-    }
-    out.extend_from_slice(&(bodies.len() as u32).to_be_bytes());
-    for body in bodies {
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(body);
-    }
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
-}
-
-#[derive(Debug)]
-struct Decoded {
-    changes: Vec<(u16, SignedChange)>,
-    bodies: Vec<Vec<u8>>,
-    covers: Vec<String>,
-}
-
-fn decode_segment(bytes: &[u8]) -> Result<Decoded, String> {
-    if bytes.len() < SEGMENT_MAGIC.len() + 8 + 32 || &bytes[..8] != SEGMENT_MAGIC {
-        return Err("not a murmur segment".into());
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err("checksum mismatch (truncated or altered)".into());
-    }
-    let mut reader = Reader { bytes: body, at: 8 };
-    let cover_count = reader.u32()? as usize;
-    let mut covers = Vec::with_capacity(cover_count.min(1 << 16));
-    for _ in 0..cover_count {
-        let len = reader.u16()? as usize;
-        let key = std::str::from_utf8(reader.take(len)?).map_err(|_| "covered key is not UTF-8")?;
-        covers.push(key.to_owned());
-    }
-    let count = reader.u32()? as usize;
-    let mut changes = Vec::with_capacity(count.min(1 << 20));
-    for _ in 0..count {
-        let shard = reader.u16()?;
-        let len = reader.u32()? as usize;
-        let change = SignedChange::decode(reader.take(len)?).map_err(|e| e.to_string())?;
-        changes.push((shard, change));
-    }
-    let count = reader.u32()? as usize;
-    let mut bodies = Vec::with_capacity(count.min(1 << 20));
-    for _ in 0..count {
-        let len = reader.u32()? as usize;
-        bodies.push(reader.take(len)?.to_vec());
-    }
-    if reader.at != body.len() {
-        return Err("trailing bytes".into());
-    }
-    Ok(Decoded {
-        changes,
-        bodies,
-        covers,
-    })
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or("truncated")?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?.try_into().map_err(|_| "truncated")?,
-        ))
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().map_err(|_| "truncated")?,
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,23 +299,6 @@ mod tests {
                 signature: [n; 64],
             },
         )
-    }
-
-    #[test]
-    fn segments_round_trip_and_damage_is_detected() {
-        let changes = vec![change(1), change(2)];
-        let covers = vec!["v1/changes/a/000000000001.seg".to_owned()];
-        let bodies = vec![vec![7u8; 33], Vec::new(), vec![9u8; 2]];
-        let bytes = encode_segment(&changes, &bodies, &covers);
-        let back = decode_segment(&bytes).unwrap();
-        assert_eq!(back.changes, changes);
-        assert_eq!(back.bodies, bodies);
-        assert_eq!(back.covers, covers);
-        assert!(decode_segment(&bytes[..bytes.len() - 1]).is_err());
-        let mut flipped = bytes.clone();
-        flipped[20] ^= 1;
-        assert!(decode_segment(&flipped).unwrap_err().contains("checksum"));
-        assert!(decode_segment(b"something else entirely, long enough to pass").is_err());
     }
 
     #[tokio::test]

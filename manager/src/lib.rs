@@ -8,6 +8,7 @@ pub mod http;
 pub mod manager;
 pub mod metrics;
 pub mod outbox;
+pub mod segment;
 pub mod server;
 pub mod uplink;
 pub mod view;

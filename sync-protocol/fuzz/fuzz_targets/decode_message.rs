@@ -1,7 +1,7 @@
 #![no_main]
 //! Any bytes: decoding never panics, and what decodes re-encodes to the same bytes.
 
-#[path = "../../tests/fuzz_checks/mod.rs"]
+#[path = "../checks.rs"]
 mod fuzz_checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::decode_message(data));

@@ -3,7 +3,7 @@
 //! automerge's parsers and the change gate: the engine never panics, and a refused message
 //! leaves its state exactly as it was.
 
-#[path = "../../tests/fuzz_checks/mod.rs"]
+#[path = "../checks.rs"]
 mod fuzz_checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::engine_incoming(data));

@@ -1,5 +1,5 @@
-//! The checks the fuzz targets run, shared with the test that replays every input the fuzzer
-//! ever found (`tests/fuzz_regressions.rs`).
+//! What each sync fuzz target checks of one input; shared by the targets and the replay of
+//! every committed input (the workspace's `tests/tests/fuzz_regressions.rs`).
 
 use std::sync::OnceLock;
 
