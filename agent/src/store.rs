@@ -139,7 +139,10 @@ fn namespace_key(namespace: &str, id: &Uuid) -> Vec<u8> {
 }
 
 fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransactionError<AgentError>> {
-    let current = meta.get(GENERATION_KEY)?.map(|v| decode_u64(&v)).unwrap_or(0);
+    let current = match meta.get(GENERATION_KEY)? {
+        Some(bytes) => decode_u64("meta/generation", &bytes).map_err(ConflictableTransactionError::Abort)?,
+        None => 0,
+    };
     let next = current + 1;
     meta.insert(GENERATION_KEY, &next.to_be_bytes())?;
     Ok(next)
@@ -193,8 +196,17 @@ fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
     Ok(())
 }
 
-fn decode_u64(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// A stored big-endian u64 (`key` names it in the error). A damaged one is an error, never 0:
+/// 0 as the body file's committed end would cut every body off at open, and 0 as an erasure's
+/// offset would punch out a live body.
+fn decode_u64(key: &str, bytes: &[u8]) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| AgentError::CorruptRecord {
+            key: key.to_owned(),
+            reason: format!("{} bytes, expected 8", bytes.len()),
+        })
 }
 
 fn flatten(error: TransactionError<AgentError>) -> AgentError {
@@ -212,7 +224,10 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .open()?;
         let meta = db.open_tree("meta")?;
-        let committed = meta.get(BODIES_END_KEY)?.map_or(0, |v| decode_u64(&v));
+        let committed = match meta.get(BODIES_END_KEY)? {
+            Some(bytes) => decode_u64("meta/bodies_end", &bytes)?,
+            None => 0,
+        };
         let bodies = BodyFile::open(&body_path(path), committed)?;
         let store = Self {
             memories: db.open_tree("memories")?,
@@ -234,7 +249,7 @@ impl Store {
         let mut slots = Vec::new();
         for item in self.erasures.iter() {
             let (key, value) = item?;
-            let offset = decode_u64(&key);
+            let offset = decode_u64("erasures (a key)", &key)?;
             let len =
                 value
                     .as_ref()
@@ -357,11 +372,10 @@ impl Store {
     }
 
     pub fn generation(&self) -> Result<u64> {
-        Ok(self
-            .meta
-            .get(GENERATION_KEY)?
-            .map(|v| decode_u64(&v))
-            .unwrap_or(0))
+        match self.meta.get(GENERATION_KEY)? {
+            Some(bytes) => decode_u64("meta/generation", &bytes),
+            None => Ok(0),
+        }
     }
 
     /// Keys for persisted sync changes: shard, then a never reused sequence number.
@@ -827,6 +841,50 @@ mod tests {
         store.meta.insert(COUNTS_KEY, b"xyz").unwrap();
         let error = store.counts().unwrap_err().to_string();
         assert!(error.contains("meta/counts"), "{error}");
+    }
+
+    /// Opens a store holding two bodies, lets `damage` write through its trees, reopens it and
+    /// returns the error, checking that the failed open left the body file as it was.
+    async fn reopen_after(damage: impl FnOnce(&Store)) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path, 1 << 20).unwrap();
+        store
+            .insert(&[memory(1, "a"), memory(2, "a")], &[])
+            .await
+            .unwrap();
+        let held = std::fs::read(body_path(&path)).unwrap();
+        assert!(!held.is_empty());
+        damage(&store);
+        store.db.flush().unwrap();
+        drop(store);
+        let error = Store::open(&path, 1 << 20)
+            .err()
+            .expect("a damaged store opened")
+            .to_string();
+        assert_eq!(
+            std::fs::read(body_path(&path)).unwrap(),
+            held,
+            "the open changed the body file"
+        );
+        error
+    }
+
+    #[tokio::test]
+    async fn a_damaged_stored_number_stops_the_open_and_cuts_no_body() {
+        // The body file's committed end, one byte short: read as 0 it would cut off every body.
+        let error = reopen_after(|store| {
+            store.meta.insert(BODIES_END_KEY, &[0; 7]).unwrap();
+        })
+        .await;
+        assert!(error.contains("meta/bodies_end"), "{error}");
+
+        // An erasure whose offset is damaged: read as 0 it would punch out the first body.
+        let error = reopen_after(|store| {
+            store.erasures.insert([0; 3], &8u32.to_be_bytes()).unwrap();
+        })
+        .await;
+        assert!(error.contains("erasures"), "{error}");
     }
 
     #[tokio::test]
