@@ -66,8 +66,8 @@ pub fn encode(
 }
 
 /// Reads a segment; any damage (a flipped byte, a cut, bytes past the end) is an error naming
-/// it. Counts are not trusted for allocation: a segment claiming a billion bodies is read until
-/// its bytes run out.
+/// it. Counts are not trusted for allocation: a count its remaining bytes cannot hold is refused
+/// before anything is reserved for it.
 pub fn decode(bytes: &[u8]) -> Result<SegmentContent, String> {
     if bytes.len() < MAGIC.len() + 8 + DIGEST_BYTES || &bytes[..MAGIC.len()] != MAGIC {
         return Err("not a murmur segment".into());
@@ -80,23 +80,23 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentContent, String> {
         bytes: body,
         at: MAGIC.len(),
     };
-    let cover_count = reader.u32()? as usize;
-    let mut covers = Vec::with_capacity(cover_count.min(1 << 16));
+    let cover_count = reader.count(2, "cover count")?;
+    let mut covers = Vec::with_capacity(cover_count);
     for _ in 0..cover_count {
         let len = reader.u16()? as usize;
         let key = std::str::from_utf8(reader.take(len)?).map_err(|_| "covered key is not UTF-8")?;
         covers.push(key.to_owned());
     }
-    let count = reader.u32()? as usize;
-    let mut changes = Vec::with_capacity(count.min(1 << 20));
+    let count = reader.count(6, "change count")?;
+    let mut changes = Vec::with_capacity(count);
     for _ in 0..count {
         let shard = reader.u16()?;
         let len = reader.u32()? as usize;
         let change = SignedChange::decode(reader.take(len)?).map_err(|e| e.to_string())?;
         changes.push((shard, change));
     }
-    let count = reader.u32()? as usize;
-    let mut bodies = Vec::with_capacity(count.min(1 << 20));
+    let count = reader.count(4, "body count")?;
+    let mut bodies = Vec::with_capacity(count);
     for _ in 0..count {
         let len = reader.u32()? as usize;
         bodies.push(reader.take(len)?.to_vec());
@@ -139,6 +139,17 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_be_bytes(self.array()?))
     }
+
+    /// A u32 count of items that take at least `min_bytes` each, refused where the bytes left
+    /// cannot hold that many (so a forged count reserves nothing).
+    fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize, String> {
+        let count = self.u32()? as usize;
+        let left = self.bytes.len() - self.at;
+        if count > left / min_bytes {
+            return Err(format!("{what} {count} cannot fit in the {left} bytes left"));
+        }
+        Ok(count)
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +181,22 @@ mod tests {
         flipped[20] ^= 1;
         assert!(decode(&flipped).unwrap_err().contains("checksum"));
         assert!(decode(b"something else entirely, long enough to pass").is_err());
+    }
+
+    #[test]
+    fn a_count_its_bytes_cannot_hold_is_refused_before_anything_is_reserved() {
+        // No covers, then four billion changes claimed in a segment of a few bytes.
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&0u32.to_be_bytes());
+        forged.extend_from_slice(&u32::MAX.to_be_bytes());
+        forged.extend_from_slice(&[0; 8]);
+        let digest = Sha256::digest(&forged);
+        forged.extend_from_slice(&digest);
+        let refused = decode(&forged).unwrap_err();
+        assert!(
+            refused.contains("change count 4294967295 cannot fit"),
+            "{refused}"
+        );
     }
 
     #[test]
