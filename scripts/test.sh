@@ -12,7 +12,7 @@ python3 scripts/make_corpus.py
 
 # Real peers for the tests: an S3-compatible server (moto), DuckDB and schemathesis (the API
 # conformance run) from PyPI, in a venv of their own; Debian's Chromium and ChromeDriver for the
-# dashboard test.
+# dashboard test; Debian's promtool for the monitoring test.
 tools="${MURMUR_TOOLS_DIR:-$HOME/.cache/murmur-tools}"
 if ! "$tools/venv/bin/python" -c 'import moto.server, duckdb, schemathesis' 2>/dev/null; then
   python3 -m venv "$tools/venv"
@@ -28,6 +28,20 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     exit 1
   fi
 fi
+# Prometheus's promtool for the monitoring test: Debian's package unpacked into the tools
+# directory (apt verifies it), not installed, so nothing is started and no root is needed.
+if command -v promtool >/dev/null; then
+  MURMUR_PROMTOOL=$(command -v promtool)
+else
+  MURMUR_PROMTOOL="$tools/prometheus/usr/bin/promtool"
+  if [ ! -x "$MURMUR_PROMTOOL" ]; then
+    mkdir -p "$tools/download"
+    (cd "$tools/download" && rm -f prometheus_*.deb && apt-get download -qq prometheus &&
+      dpkg-deb -x prometheus_*.deb "$tools/prometheus" && rm prometheus_*.deb)
+  fi
+fi
+export MURMUR_PROMTOOL
+"$MURMUR_PROMTOOL" --version >/dev/null
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${features[@]}" --no-fail-fast
 else

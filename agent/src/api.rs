@@ -8,7 +8,7 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State},
     http::request::Parts,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -305,7 +305,8 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> axum::Json<Value> {
     axum::Json(json!({ "status": "ok", "model_id": agent.embedder().model_id() }))
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
-    let text = agent.metrics.render(agent.embedder_stats());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let exposition = agent.render_metrics(accept);
+    ([(header::CONTENT_TYPE, exposition.content_type)], exposition.body).into_response()
 }

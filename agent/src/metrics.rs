@@ -1,9 +1,12 @@
-//! Prometheus metrics of one agent, served as text at `/metrics`.
+//! Prometheus metrics of one agent, served at `/metrics` in the format the scraper asks for.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -55,6 +58,14 @@ pub struct Metrics {
     pub tombstones: Gauge,
     pub index_size: Gauge,
     pub disk_bytes: Gauge,
+    /// 0 where there is no quota.
+    pub disk_quota_bytes: Gauge,
+    /// Unix time of the newest anti-entropy round that found this agent equal to a peer or its
+    /// manager; set at each scrape, 0 before the first.
+    pub last_in_sync_seconds: Gauge<f64, AtomicU64>,
+    /// Peers and manager the sync engine talks to now; set at each scrape.
+    pub sync_peers: Gauge,
+    start_time_seconds: Gauge<f64, AtomicU64>,
     embedded_texts: Counter,
     embedding_batches: Counter,
     embedded_tokens: Counter,
@@ -93,11 +104,19 @@ impl Metrics {
             tombstones: Gauge::default(),
             index_size: Gauge::default(),
             disk_bytes: Gauge::default(),
+            disk_quota_bytes: Gauge::default(),
+            last_in_sync_seconds: Gauge::default(),
+            sync_peers: Gauge::default(),
+            start_time_seconds: Gauge::default(),
             embedded_texts: Counter::default(),
             embedding_batches: Counter::default(),
             embedded_tokens: Counter::default(),
             embedded_padded_tokens: Counter::default(),
         };
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.start_time_seconds.set(started);
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
             r.register(
@@ -189,6 +208,26 @@ impl Metrics {
                 m.disk_bytes.clone(),
             );
             r.register(
+                "disk_quota_bytes",
+                "The disk quota of the database and index (0: none)",
+                m.disk_quota_bytes.clone(),
+            );
+            r.register(
+                "last_in_sync_timestamp_seconds",
+                "When an anti-entropy round last found this agent equal to a peer or its manager (0: never)",
+                m.last_in_sync_seconds.clone(),
+            );
+            r.register(
+                "sync_peers",
+                "Peers and manager the sync engine is talking to",
+                m.sync_peers.clone(),
+            );
+            r.register(
+                "start_time_seconds",
+                "When this agent process started (Unix time)",
+                m.start_time_seconds.clone(),
+            );
+            r.register(
                 "embedded_texts",
                 "Texts embedded by the model",
                 m.embedded_texts.clone(),
@@ -216,8 +255,13 @@ impl Metrics {
         self.embedding_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition, with the embedder's counters brought up to date.
-    pub fn render(&self, embedder: murmur_models::EmbedderStats) -> String {
+    /// The exposition in the format `accept` prefers, with the embedder's counters brought up
+    /// to date.
+    pub fn render(
+        &self,
+        embedder: murmur_models::EmbedderStats,
+        accept: Option<&str>,
+    ) -> murmur_telemetry::Exposition {
         // Held across the catch-up so two scrapes cannot both add the same difference.
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let catch_up = |counter: &Counter, total: u64| {
@@ -230,9 +274,6 @@ impl Metrics {
         catch_up(&self.embedding_batches, embedder.batches);
         catch_up(&self.embedded_tokens, embedder.tokens);
         catch_up(&self.embedded_padded_tokens, embedder.padded_tokens);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &registry);
-        out
+        murmur_telemetry::exposition(&registry, accept)
     }
 }

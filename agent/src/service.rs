@@ -839,10 +839,27 @@ impl Agent {
         if let Ok(bytes) = self.disk_bytes() {
             self.metrics.disk_bytes.set(bytes as i64);
         }
+        self.metrics
+            .disk_quota_bytes
+            .set(i64::try_from(self.config.disk_quota_bytes).unwrap_or(i64::MAX));
     }
 
-    pub fn embedder_stats(&self) -> murmur_models::EmbedderStats {
-        self.embedder.stats()
+    /// The metrics exposition in the format `accept` prefers, with what is read at scrape time
+    /// (the embedder's counters, the last time in sync) brought up to date.
+    pub fn render_metrics(&self, accept: Option<&str>) -> murmur_telemetry::Exposition {
+        let (peers, last_in_sync_ms) = {
+            let engine = self.replica.lock();
+            let last = engine
+                .peers()
+                .filter_map(|(_, status)| status.last_in_sync_ms)
+                .max();
+            (engine.peers().count(), last)
+        };
+        self.metrics.sync_peers.set(peers as i64);
+        if let Some(ms) = last_in_sync_ms {
+            self.metrics.last_in_sync_seconds.set(ms as f64 / 1e3);
+        }
+        self.metrics.render(self.embedder.stats(), accept)
     }
 }
 

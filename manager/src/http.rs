@@ -122,15 +122,10 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        // prometheus-client writes the OpenMetrics text format (it ends in `# EOF`).
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.manager.metrics.render(),
-    )
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let exposition = state.manager.metrics.render(accept);
+    ([(header::CONTENT_TYPE, exposition.content_type)], exposition.body)
 }
 
 async fn overview(State(state): State<AppState>, _: Operator) -> ApiResult {

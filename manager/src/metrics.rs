@@ -1,9 +1,9 @@
-//! Prometheus metrics of the manager, served as text at `/metrics`.
+//! Prometheus metrics of the manager, served at `/metrics` in the format the scraper asks for.
 
 use std::sync::Mutex;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -189,12 +189,9 @@ impl Metrics {
         self.uplink_bytes.get_or_create(&labels).inc_by(bytes as u64);
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// The exposition in the format `accept` prefers.
+    pub fn render(&self, accept: Option<&str>) -> murmur_telemetry::Exposition {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        murmur_telemetry::exposition(&registry, accept)
     }
 }
