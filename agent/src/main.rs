@@ -104,12 +104,14 @@ struct RunArgs {
     /// No LAN discovery by multicast DNS.
     #[arg(long)]
     no_mdns: bool,
-    /// Upload to the swarm manager at host:port (QUIC).
-    #[arg(long, env = "MURMUR_MANAGER")]
-    manager: Option<String>,
-    /// The manager's key, 64 hex digits (`murmur-manager key`): only that manager is trusted.
-    #[arg(long, env = "MURMUR_MANAGER_KEY")]
-    manager_key: Option<String>,
+    /// Upload to the swarm manager at host:port (QUIC); several, comma-separated or repeated,
+    /// in order of preference (managers on one bucket: the agent fails over between them).
+    #[arg(long, env = "MURMUR_MANAGER", value_delimiter = ',')]
+    manager: Vec<String>,
+    /// The manager's key, 64 hex digits (`murmur-manager key`): only the managers named are
+    /// trusted (several: comma-separated or repeated).
+    #[arg(long, env = "MURMUR_MANAGER_KEY", value_delimiter = ',')]
+    manager_key: Vec<String>,
 }
 
 #[derive(Args)]
@@ -155,10 +157,10 @@ fn main() -> Result<()> {
             if args.no_mdns {
                 config.swarm.mdns = false;
             }
-            if args.manager.is_some() {
+            if !args.manager.is_empty() {
                 config.manager.address = args.manager;
             }
-            if args.manager_key.is_some() {
+            if !args.manager_key.is_empty() {
                 config.manager.key = args.manager_key;
             }
             if let Some(cache) = args.cache_dir {

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub swarm_peers: Gauge,
     pub uplink_messages: Family<SwarmLabels, Counter>,
     pub uplink_bytes: Family<SwarmLabels, Counter>,
+    /// Which of the listed managers the uplink is on: 0 the first, -1 none.
+    pub uplink_manager_rank: Gauge,
     pub quota_rejections: Counter,
     pub quota_declined: Counter,
     pub declined_bodies: Gauge,
@@ -96,6 +98,7 @@ impl Metrics {
             swarm_peers: Gauge::default(),
             uplink_messages: Family::default(),
             uplink_bytes: Family::default(),
+            uplink_manager_rank: Gauge::default(),
             quota_rejections: Counter::default(),
             quota_declined: Counter::default(),
             declined_bodies: Gauge::default(),
@@ -174,6 +177,11 @@ impl Metrics {
                 "uplink_bytes",
                 "Sync message bytes over the manager uplink, by direction and kind",
                 m.uplink_bytes.clone(),
+            );
+            r.register(
+                "uplink_manager_rank",
+                "Which of the listed managers the uplink is connected to (0: the first; -1: none)",
+                m.uplink_manager_rank.clone(),
             );
             r.register(
                 "quota_rejections",

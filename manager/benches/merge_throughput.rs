@@ -258,7 +258,7 @@ async fn agent(
     secret[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
     let credentials = Credentials::new(SigningKey::from_bytes(&secret), Some(SWARM_KEY));
     loop {
-        match murmur_uplink::connect(&endpoint, manager, &credentials, None, "bench-agent").await {
+        match murmur_uplink::connect(&endpoint, manager, &credentials, &[], "bench-agent").await {
             Ok(session) => {
                 let manager_key = session.peer.key;
                 if let Err(reason) = run_session(session, &mut agent, manager_key).await {

@@ -47,7 +47,7 @@ async fn sync_until(
     pause: Duration,
     held: Arc<AtomicUsize>,
 ) {
-    let session = connect(endpoint, manager, &credentials(seed), None, "test-agent")
+    let session = connect(endpoint, manager, &credentials(seed), &[], "test-agent")
         .await
         .unwrap();
     let manager_key = session.peer.key;

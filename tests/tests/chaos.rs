@@ -308,7 +308,7 @@ fn garbage_and_replay(uplink: &str, round: u64, sent_before: &mut Vec<Vec<u8>>) 
     let sent = runtime.block_on(async {
         let endpoint = client_endpoint(Duration::from_secs(10)).expect("endpoint");
         let credentials = Credentials::new(signer, Some(key));
-        let Ok(mut session) = connect(&endpoint, uplink, &credentials, None, "chaos-member").await else {
+        let Ok(mut session) = connect(&endpoint, uplink, &credentials, &[], "chaos-member").await else {
             return 0;
         };
         let mut sent = 0;

@@ -89,7 +89,7 @@ fn intruders_are_refused_and_a_broken_stream_harms_no_one_else() {
         let mut swarm_key = [0u8; 32];
         hex::decode_to_slice(SWARM_KEY, &mut swarm_key).unwrap();
         let credentials = Credentials::new(murmur_sync::SigningKey::from_bytes(&[9; 32]), Some(swarm_key));
-        let mut session = connect(&endpoint, uplink, &credentials, None, "garbage-sender")
+        let mut session = connect(&endpoint, uplink, &credentials, &[], "garbage-sender")
             .await
             .unwrap();
         // A sync frame that is not a sync message: refused by the engine, connection kept.

@@ -76,12 +76,12 @@ fn exporter(connection: &Connection) -> Result<[u8; 32], UplinkError> {
 }
 
 /// Agent side: connect, open the stream, prove membership, check the manager's proof (and its
-/// key when `expected_manager` pins one).
+/// key when `trusted_managers` pins some: then only those are accepted).
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     credentials: &Credentials,
-    expected_manager: Option<PeerKey>,
+    trusted_managers: &[PeerKey],
     software: &str,
 ) -> Result<Session, UplinkError> {
     let connecting = endpoint
@@ -109,11 +109,9 @@ pub async fn connect(
     credentials
         .policy()
         .verify(&manager, Role::Manager, &transcript)?;
-    if let Some(expected) = expected_manager
-        && manager.key != expected
-    {
+    if !trusted_managers.is_empty() && !trusted_managers.contains(&manager.key) {
         return Err(UplinkError::BadProof(
-            "to be the manager this agent is configured for",
+            "to be a manager this agent is configured for",
         ));
     }
     Ok(Session {

@@ -63,7 +63,7 @@ async fn members_connect_and_outsiders_are_refused() {
 
     // A member, pinning the right manager: the stream carries frames both ways.
     let agent = Credentials::new(SigningKey::from_bytes(&[2; 32]), Some(SWARM));
-    let mut session = connect(&client, addr, &agent, Some(manager_key), "agent-test")
+    let mut session = connect(&client, addr, &agent, &[manager_key], "agent-test")
         .await
         .unwrap();
     assert_eq!(session.peer.key, manager_key);
@@ -75,7 +75,7 @@ async fn members_connect_and_outsiders_are_refused() {
 
     // Wrong swarm key: the manager refuses and says why; the agent learns nothing.
     let outsider = Credentials::new(SigningKey::from_bytes(&[3; 32]), Some([7; 32]));
-    let error = connect(&client, addr, &outsider, None, "agent-test")
+    let error = connect(&client, addr, &outsider, &[], "agent-test")
         .await
         .err()
         .unwrap();
@@ -86,7 +86,7 @@ async fn members_connect_and_outsiders_are_refused() {
     assert!(outcomes.recv().await.unwrap().unwrap_err().contains("swarm key"));
 
     // The right swarm key but a different manager than the one pinned.
-    let error = connect(&client, addr, &agent, Some([9; 32]), "agent-test")
+    let error = connect(&client, addr, &agent, &[[9; 32]], "agent-test")
         .await
         .err()
         .unwrap();
@@ -105,11 +105,11 @@ async fn allow_lists_apply_without_a_swarm_key() {
     // Without a swarm key the manager's own proof is only its signature: the agent must pin it,
     // and here the manager holds the swarm key, so its MAC is ignored by a keyless agent.
     let manager_key = manager_credentials().public_key();
-    connect(&client, addr, &allowed, Some(manager_key), "a")
+    connect(&client, addr, &allowed, &[manager_key], "a")
         .await
         .unwrap();
     let stranger = Credentials::new(SigningKey::from_bytes(&[5; 32]), None);
-    let error = connect(&client, addr, &stranger, Some(manager_key), "a")
+    let error = connect(&client, addr, &stranger, &[manager_key], "a")
         .await
         .err()
         .unwrap();
