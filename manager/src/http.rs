@@ -1,5 +1,5 @@
 //! The manager's HTTP side: the dashboard page, its JSON API behind the operator token, and
-//! `/healthz` and `/metrics` for whoever runs the manager.
+//! `/healthz`, `/readyz` and `/metrics` for whoever runs the manager.
 
 use std::sync::Arc;
 
@@ -35,12 +35,29 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(|| async { Json(json!({ "status": "ready" })) }))
         .route("/metrics", get(metrics))
         .route("/api/overview", get(overview))
         .route("/api/search", post(search))
         .route("/api/memories", post(publish))
         .route("/api/memories/{id}", get(memory))
         .with_state(state)
+}
+
+/// What the HTTP side answers while the manager loads its state from the bucket: alive
+/// (`/healthz`), not ready (`/readyz` and everything else 503).
+pub fn loading_router() -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "loading" })) }))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "loading",
+                    "error": "the manager is loading the swarm's state from its bucket",
+                })),
+            )
+        })
 }
 
 pub struct ApiError(StatusCode, String);

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use anyhow::Context;
 use murmur_uplink::{Credentials, MembershipPolicy};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     ManagerConfig,
@@ -109,6 +109,21 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = operator_token(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    // While the state loads (minutes for a large bucket) the manager is alive but not ready:
+    // an orchestrator must neither restart it nor route to it yet.
+    let (loading_listener, listener) = split_listener(listener)?;
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let loading = tokio::spawn(async move {
+        axum::serve(loading_listener, crate::http::loading_router())
+            .with_graceful_shutdown(async move {
+                let _ = loaded_rx.await;
+            })
+            .await
+    });
     let manager = open_manager(&config).await?;
     let embedder = {
         let config = config.clone();
@@ -132,10 +147,11 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let endpoint = murmur_uplink::server_endpoint(config.uplink_addr, Duration::from_secs(30))
         .with_context(|| format!("binding the uplink to {}", config.uplink_addr))?;
     let uplink_addr = endpoint.local_addr()?;
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
+    let _ = loaded_tx.send(());
+    loading
         .await
-        .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
-    let http_addr = listener.local_addr()?;
+        .context("the HTTP server of the loading phase panicked")?
+        .context("the HTTP server of the loading phase")?;
 
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -219,6 +235,19 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     }
     tracing::info!("manager stopped cleanly");
     Ok(())
+}
+
+/// Two handles on one listening socket: one served while the state loads, then the other, so
+/// no connection is refused between the two servers (the kernel queues it).
+fn split_listener(
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let first = listener.into_std().context("taking the HTTP listener")?;
+    let second = first.try_clone().context("sharing the HTTP listener")?;
+    Ok((
+        tokio::net::TcpListener::from_std(first)?,
+        tokio::net::TcpListener::from_std(second)?,
+    ))
 }
 
 /// Exports on a timer, and once more when the manager stops.
