@@ -108,3 +108,11 @@ pub fn default_artifacts() -> Vec<Artifact> {
     all.extend(runtime_library());
     all
 }
+
+/// What a device of architecture `arch` (`x86_64`, `aarch64`) needs to embed with the default
+/// model and no network: the model, its tokenizer and that architecture's runtime. `None` for
+/// an architecture ONNX Runtime ships no wheel for.
+pub fn default_artifacts_for(arch: &str) -> Option<Vec<Artifact>> {
+    let runtime = runtime_library_for(arch)?;
+    Some(vec![DEFAULT_MODEL_ONNX, DEFAULT_MODEL_TOKENIZER, runtime])
+}

@@ -74,6 +74,27 @@ impl Fetcher {
             .collect()
     }
 
+    /// Copies each artifact that `from` holds verified into this cache where this one lacks
+    /// it, so a bundle is made from the files already on the machine instead of downloaded
+    /// again. What `from` lacks, or holds damaged, is left for [`Fetcher::fetch_all`].
+    pub fn seed_from(&self, from: &CacheDir, artifacts: &[Artifact]) -> Result<usize> {
+        let mut copied = 0;
+        for artifact in artifacts {
+            let (source, dest) = (from.join(artifact.dest), self.cache.join(artifact.dest));
+            if dest.exists() || !source.is_file() || sha256_file(&source)? != artifact.sha256 {
+                continue;
+            }
+            let parent = dest.parent().unwrap_or(self.cache.root());
+            fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+            // Through a temporary name, so a cut copy is never taken for the file.
+            let partial = parent.join(".seed.partial");
+            fs::copy(&source, &partial).map_err(|e| ModelError::io(&partial, e))?;
+            fs::rename(&partial, &dest).map_err(|e| ModelError::io(&dest, e))?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
     #[tracing::instrument(skip_all, fields(artifact = artifact.label, package = artifact.package, version = artifact.version))]
     fn fetch_one(
         &self,
@@ -239,6 +260,46 @@ mod tests {
             sha256,
             dest: "x",
         }
+    }
+
+    #[test]
+    fn a_bundle_is_seeded_only_with_verified_files() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let good = Artifact {
+            dest: "models/m/model.onnx",
+            ..artifact(
+                "m",
+                "ba50f3632e3e20ce9166d2301f1d558b7293799b47c6731cd7f3b6340b6159c0",
+            )
+        };
+        let damaged = Artifact {
+            dest: "models/m/tokenizer.json",
+            ..artifact(
+                "t",
+                "ba50f3632e3e20ce9166d2301f1d558b7293799b47c6731cd7f3b6340b6159c0",
+            )
+        };
+        let missing = Artifact {
+            dest: "onnxruntime/lib.so",
+            ..artifact(
+                "r",
+                "ba50f3632e3e20ce9166d2301f1d558b7293799b47c6731cd7f3b6340b6159c0",
+            )
+        };
+        fs::create_dir_all(from.path().join("models/m")).unwrap();
+        fs::write(from.path().join(good.dest), b"a model file\n").unwrap();
+        fs::write(from.path().join(damaged.dest), b"a model file, altered\n").unwrap();
+        let fetcher = Fetcher::new(CacheDir::new(to.path()));
+        let copied = fetcher
+            .seed_from(&CacheDir::new(from.path()), &[good, damaged, missing])
+            .unwrap();
+        assert_eq!(copied, 1);
+        assert_eq!(fs::read(to.path().join(good.dest)).unwrap(), b"a model file\n");
+        assert!(
+            !to.path().join(damaged.dest).exists(),
+            "a damaged file was copied"
+        );
+        assert!(!to.path().join(missing.dest).exists());
     }
 
     #[test]

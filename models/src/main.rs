@@ -37,6 +37,16 @@ enum Command {
         #[arg(long)]
         test_fixtures: bool,
     },
+    /// Lay out the default model, its tokenizer and ONNX Runtime for an architecture in DIR,
+    /// with a SHA256SUMS file: a cache directory a device uses with no network (the agent's
+    /// package ships one). Files already verified in this machine's cache are copied, the rest
+    /// downloaded.
+    Bundle {
+        dir: PathBuf,
+        /// Target architecture: x86_64 or aarch64.
+        #[arg(long, default_value = std::env::consts::ARCH)]
+        arch: String,
+    },
     /// Print where the model and runtime are, and what the model produces.
     Info(ModelArgs),
     /// Embed texts and print one JSON line per text.
@@ -94,6 +104,7 @@ fn main() -> Result<()> {
             }
             fetch(&cache, &wanted)
         }
+        Command::Bundle { dir, arch } => bundle(&cache, &dir, &arch),
         Command::Info(args) => {
             let embedder = load(&cache, &args)?;
             println!("cache:      {}", cache.root().display());
@@ -121,6 +132,30 @@ fn main() -> Result<()> {
             demo(&load(&cache, &args)?)
         }
     }
+}
+
+fn bundle(cache: &CacheDir, dir: &Path, arch: &str) -> Result<()> {
+    let wanted = artifacts::default_artifacts_for(arch)
+        .with_context(|| format!("ONNX Runtime ships no Linux wheel for {arch}; use x86_64 or aarch64"))?;
+    let bundle = CacheDir::new(dir);
+    let seeded = Fetcher::new(bundle.clone())
+        .seed_from(cache, &wanted)
+        .with_context(|| format!("copying verified files from {}", cache.root().display()))?;
+    tracing::info!(seeded, from = %cache.root().display(), "copied verified files into the bundle");
+    fetch(&bundle, &wanted)?;
+    let mut sums = String::new();
+    for artifact in &wanted {
+        sums += &format!("{}  {}\n", artifact.sha256, artifact.dest);
+    }
+    let path = dir.join("SHA256SUMS");
+    std::fs::write(&path, sums).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{} files for {arch} in {}, listed in {}",
+        wanted.len(),
+        dir.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn fetch(cache: &CacheDir, wanted: &[artifacts::Artifact]) -> Result<()> {
