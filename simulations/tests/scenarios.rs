@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use murmur_sim::{Report, Scenario};
 
 fn scenario_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let dir = crate_dir().join("scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("scenarios folder")
         .map(|e| e.expect("entry").path())
@@ -62,7 +62,7 @@ fn run_to_files(scenario: &Scenario, dir: &Path) -> Report {
 
 #[test]
 fn the_same_seed_gives_identical_reports_and_another_seed_does_not() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/factory-partition.toml");
+    let path = crate_dir().join("scenarios/factory-partition.toml");
     let scenario = small(&path);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("temp dir")).collect();
     let first = run_to_files(&scenario, dirs[0].path());
@@ -95,7 +95,7 @@ fn the_same_seed_gives_identical_reports_and_another_seed_does_not() {
 
 #[test]
 fn a_partition_keeps_sides_apart_until_it_heals() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/factory-partition.toml");
+    let path = crate_dir().join("scenarios/factory-partition.toml");
     let scenario = small(&path);
     let (report, metrics) = murmur_sim::run(scenario.clone(), |_| {}).expect("runs");
     let partition = &scenario.partitions[0];
@@ -127,7 +127,7 @@ fn a_partition_keeps_sides_apart_until_it_heals() {
 /// in four showed it at this size. Every seed must converge.
 #[test]
 fn moving_vehicles_converge_whatever_the_seed() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/vehicle-convoy.toml");
+    let path = crate_dir().join("scenarios/vehicle-convoy.toml");
     let base = Scenario::from_file(&path)
         .expect("scenario parses")
         .scaled_down(20, 0.3);
@@ -137,4 +137,11 @@ fn moving_vehicles_converge_whatever_the_seed() {
         let (report, _) = murmur_sim::run(scenario, |_| {}).expect("runs");
         assert!(report.converged, "seed {seed}: {}", report.summary_markdown());
     }
+}
+
+/// This crate's directory, read at run time: a test binary reused from another clone sharing
+/// the target directory would otherwise read that clone's scenarios.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

@@ -167,11 +167,8 @@ impl Drop for AgentProcess {
 
 /// Real short texts for tests: Debian package descriptions committed with murmur-models.
 pub fn corpus() -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/testdata/bench_sentences.txt"
-    ))
-    .expect("corpus");
+    let text = std::fs::read_to_string(crate::workspace().join("models/testdata/bench_sentences.txt"))
+        .expect("corpus");
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)

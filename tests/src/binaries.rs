@@ -35,7 +35,7 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
 
 fn build_all() -> BTreeMap<String, PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let workspace = crate::workspace();
     let mut command = Command::new(cargo);
     // Cargo gives a test process the variables it gives the crate under test (CARGO_PKG_NAME,
     // OUT_DIR, ...). Some build scripts watch those names (ring's does), so passed on they make
@@ -47,7 +47,7 @@ fn build_all() -> BTreeMap<String, PathBuf> {
         }
     }
     let output = command
-        .current_dir(workspace)
+        .current_dir(&workspace)
         .args([
             "test",
             "--no-run",

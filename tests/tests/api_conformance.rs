@@ -4,18 +4,17 @@
 //! A valid request refused, an invalid one accepted, or an answer the document does not
 //! describe (status, content type, body) fails the test.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use murmur_tests::{AgentProcess, ManagerProcess, TOKEN, free_udp_addr, tools_python};
-
-const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// Runs schemathesis against `url` with `document`, extra arguments after the common ones;
 /// panics with its report when it finds a mismatch.
 fn conforms(document: &str, url: &str, extra: &[&str]) {
     let python = tools_python();
     let schemathesis = python.with_file_name("schemathesis");
-    let workspace = Path::new(WORKSPACE);
+    let workspace = murmur_tests::workspace();
+    let workspace = workspace.as_path();
     // It keeps state in its working directory (`.schemathesis/`): not in the checkout.
     let scratch = tempfile::tempdir().expect("temp dir");
     let output = Command::new(&schemathesis)

@@ -8,8 +8,6 @@ use std::{path::PathBuf, process::Command};
 
 use murmur_tests::tools_python;
 
-const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
 /// A console script of the test tools' venv.
 fn tool(name: &str) -> PathBuf {
     let path = tools_python().parent().expect("the venv's bin").join(name);
@@ -52,17 +50,18 @@ fn passes_and_damage_fails(program: &PathBuf, args: &[&str], original: &str, fro
 fn kubernetes_manifests_pass_the_kubernetes_schemas() {
     let validator = tool("kubernetes-validate");
     let args = ["--strict", "--kubernetes-version", "1.37.0"];
-    let manifest = format!("{WORKSPACE}/deploy/kubernetes/manager.yaml");
+    let manifest = murmur_tests::workspace().join("deploy/kubernetes/manager.yaml");
     passes_and_damage_fails(
         &validator,
         &args,
-        &manifest,
+        manifest.to_str().unwrap(),
         "terminationGracePeriodSeconds:",
         "terminationGracePeriod:",
     );
     // The probes name the manager's own endpoints.
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let document = std::fs::read_to_string(format!("{WORKSPACE}/docs/manager-openapi.json")).unwrap();
+    let document =
+        std::fs::read_to_string(murmur_tests::workspace().join("docs/manager-openapi.json")).unwrap();
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert!(text.contains(probe), "the manifest does not use {probe}");
         assert!(
@@ -78,7 +77,10 @@ fn the_compose_file_passes_the_compose_specification() {
     passes_and_damage_fails(
         &validator,
         &["--builtin-schema", "vendor.compose-spec"],
-        &format!("{WORKSPACE}/deploy/compose/compose.yaml"),
+        murmur_tests::workspace()
+            .join("deploy/compose/compose.yaml")
+            .to_str()
+            .unwrap(),
         "    read_only: true",
         "    read_only: [true]",
     );

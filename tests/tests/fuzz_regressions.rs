@@ -12,6 +12,7 @@ use std::{
 
 // The manager's checks name the segment codec `crate::segment`, as its fuzz target does.
 use murmur_manager::segment;
+use murmur_tests::workspace;
 
 #[path = "../../manager/fuzz/checks.rs"]
 mod manager_checks;
@@ -31,13 +32,6 @@ const CHECKS: &[(&str, &str, Check)] = &[
     ("sync-protocol", "engine_incoming", sync_checks::engine_incoming),
     ("uplink", "uplink_frames", uplink_checks::uplink_frames),
 ];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
 
 fn names_in(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)

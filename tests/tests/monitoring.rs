@@ -14,7 +14,6 @@ use std::{
 use murmur_tests::*;
 use serde_json::Value;
 
-const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// What Prometheus 2.x sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -120,7 +119,7 @@ fn named_metrics(expr: &str) -> Vec<String> {
 
 #[test]
 fn metrics_rules_and_dashboard_pass_promtool_against_live_binaries() {
-    let deploy = Path::new(WORKSPACE).join("deploy");
+    let deploy = murmur_tests::workspace().join("deploy");
     let dir = tempfile::tempdir().unwrap();
     let manager = ManagerProcess::start(&dir.path().join("manager"), "127.0.0.1:0", &["--no-model"]);
     let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];

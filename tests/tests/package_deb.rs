@@ -15,7 +15,6 @@ use std::{
 
 use murmur_tests::{binaries, wait_until};
 
-const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const STATE: &str = "/var/lib/murmur";
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -73,11 +72,11 @@ fn the_package_installs_starts_as_its_unit_says_and_leaves_only_state() {
     let out = tempfile::tempdir().unwrap();
     let agent = binaries::agent();
     let models = binaries::binary("murmur-models", "murmur-models");
-    let script = format!("{WORKSPACE}/scripts/package-deb.sh");
+    let script = murmur_tests::workspace().join("scripts/package-deb.sh");
     let built = run(
         "bash",
         &[
-            &script,
+            script.to_str().unwrap(),
             "--binary",
             agent.to_str().unwrap(),
             "--models-bin",

@@ -1,7 +1,7 @@
 //! Shared by the integration tests: the fetched cache and the committed test data.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use murmur_models::{CacheDir, Embedder, ModelConfig, artifacts};
 
@@ -27,7 +27,11 @@ pub fn default_embedder() -> Embedder {
 }
 
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    // At run time: a test binary reused from another clone sharing the target directory would
+    // otherwise read that clone's files.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("testdata").join(name)
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
