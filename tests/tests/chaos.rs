@@ -11,8 +11,11 @@
 //! - the Parquet export holds exactly the merged state's live memories.
 //!
 //! `MURMUR_CHAOS_SEED` replays a schedule (printed on every run); `MURMUR_CHAOS_STEPS` sets its
-//! length (short in CI; `scripts/chaos-long.sh` runs about an hour). Process timing is not
-//! replayable, the schedule is.
+//! length (short in CI; `scripts/chaos-long.sh` runs about an hour). `MURMUR_CHAOS_MINUTES` ends
+//! the faults early once that much time has passed (the steps run are printed, so
+//! `MURMUR_CHAOS_STEPS` replays them); `MURMUR_CHAOS_CLIENT_PAUSE_MS` sets the mean pause between
+//! a client's requests, so a long run tests faults rather than a bucket of ever more data.
+//! Process timing is not replayable, the schedule is.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -242,7 +245,14 @@ impl Cluster {
 
 /// A client per agent: writes (vectors given, so no embedding) and deletes its own memories,
 /// recording only what the agent acknowledged.
-fn client_loop(i: usize, api: String, seed: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
+fn client_loop(
+    i: usize,
+    api: String,
+    seed: u64,
+    mean_pause_ms: u64,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
     let client = Client::new(&format!("http://{api}"));
     let mut rng = Lcg(seed ^ ((i as u64 + 1) * 0x9e37));
     let mut mine: Vec<String> = Vec::new();
@@ -278,7 +288,9 @@ fn client_loop(i: usize, api: String, seed: u64, stop: Arc<AtomicBool>, ledger: 
                 }
             }
         }
-        thread::sleep(Duration::from_millis(30 + rng.next_u64() % 120));
+        // Uniform over [mean/3, 5 mean/3): the mean is the configured one.
+        let jitter = rng.next_u64() % (mean_pause_ms * 4 / 3).max(1);
+        thread::sleep(Duration::from_millis(mean_pause_ms / 3 + jitter));
     }
 }
 
@@ -368,6 +380,8 @@ fn a_swarm_under_partitions_kills_and_bad_links_loses_nothing_acknowledged() {
     let seed: u64 = env_or("MURMUR_CHAOS_SEED", 0x5eed_0001);
     let steps: usize = env_or("MURMUR_CHAOS_STEPS", 12);
     let step_ms: u64 = env_or("MURMUR_CHAOS_STEP_MS", 3_000);
+    let minutes: u64 = env_or("MURMUR_CHAOS_MINUTES", 0);
+    let mean_pause_ms: u64 = env_or("MURMUR_CHAOS_CLIENT_PAUSE_MS", 90);
     let plan = schedule(seed, steps);
     eprintln!("chaos seed {seed:#x}, {steps} steps of {step_ms} ms: {plan:?}");
 
@@ -389,7 +403,7 @@ fn a_swarm_under_partitions_kills_and_bad_links_loses_nothing_acknowledged() {
         .enumerate()
         .map(|(i, node)| {
             let (api, stop, ledger) = (node.api_addr.clone(), stop.clone(), ledger.clone());
-            thread::spawn(move || client_loop(i, api, seed, stop, ledger))
+            thread::spawn(move || client_loop(i, api, seed, mean_pause_ms, stop, ledger))
         })
         .collect();
 
@@ -397,6 +411,14 @@ fn a_swarm_under_partitions_kills_and_bad_links_loses_nothing_acknowledged() {
     let mut replayed = Vec::new();
     let started = Instant::now();
     for (step, fault) in plan.iter().enumerate() {
+        if minutes > 0 && started.elapsed() >= Duration::from_secs(minutes * 60) {
+            eprintln!(
+                "{minutes} minutes passed: faults end after {step} of {steps} steps \
+                 (MURMUR_CHAOS_STEPS={step} replays them)"
+            );
+            figures.insert("steps run", step as u64);
+            break;
+        }
         eprintln!(
             "step {step} at {:.1}s: {fault:?}",
             started.elapsed().as_secs_f64()
