@@ -428,7 +428,10 @@ fn a_swarm_under_partitions_kills_and_bad_links_loses_nothing_acknowledged() {
                 cluster.partition(groups);
                 *figures.entry("partitions").or_default() += 1;
             }
-            Fault::Heal => cluster.heal(),
+            Fault::Heal => {
+                cluster.heal();
+                *figures.entry("partitions healed").or_default() += 1;
+            }
             Fault::KillAgent(i) => {
                 if let Some(agent) = cluster.agents[*i].take() {
                     agent.kill();
