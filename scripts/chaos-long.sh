@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The chaos suite's long run: an hour of faults (up to 760 steps of at least 3 s; a step with a
-# kill and restart takes longer, ~3.4 s on average on 2 vCPU at the long run's client pace) against five agents and two
-# managers. MURMUR_CHAOS_SEED replays a schedule; the seed and every step are printed.
+# kill and restart takes longer: 3.4 s on average on 2 vCPU at this pace) against five agents
+# and two managers. MURMUR_CHAOS_SEED replays a schedule; the seed and every step are printed.
 # The same package selection and features as the test command, so nothing is rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
