@@ -63,6 +63,7 @@ impl From<AgentError> for ApiError {
             AgentError::Deleted(_) => (StatusCode::GONE, "deleted"),
             AgentError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AgentError::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_quota_exceeded"),
+            AgentError::CatchingUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "catching_up"),
             AgentError::Embedding(ModelError::EmptyText { .. } | ModelError::TextTooLong { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input")
             }

@@ -38,6 +38,11 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
+    /// Writes wait until this agent holds its own history again: its store was restored or
+    /// replaced while its identity key was kept.
+    #[error("{0}")]
+    CatchingUp(String),
+
     #[error("background task failed: {0}")]
     Join(String),
 }

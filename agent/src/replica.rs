@@ -255,6 +255,7 @@ impl Replica {
             awaiting_bodies: engine.awaiting_bodies(),
             declined_bodies: engine.declined_bodies(),
             pending_changes: engine.pending_changes(),
+            catching_up: engine.is_catching_up(),
             peers: engine
                 .peers()
                 .map(|(key, status)| PeerSummary {
@@ -281,6 +282,7 @@ fn write_error(error: WriteError) -> AgentError {
         WriteError::Invalid(message) => AgentError::InvalidInput(message),
         WriteError::Record(e) => AgentError::InvalidInput(e.to_string()),
         WriteError::Automerge(e) => AgentError::Index(format!("sync state: {e}")),
+        WriteError::CatchingUp => AgentError::CatchingUp(WriteError::CatchingUp.to_string()),
     }
 }
 
@@ -296,6 +298,9 @@ pub struct SyncStatus {
     /// delete makes room (or at the next start).
     pub declined_bodies: usize,
     pub pending_changes: usize,
+    /// Writes wait until a round with a peer or the manager ends in sync: the store was
+    /// restored or replaced while the identity key was kept.
+    pub catching_up: bool,
     /// Connected peers and how recently each was in sync with this agent (its sync lag).
     pub peers: Vec<PeerSummary>,
 }

@@ -151,7 +151,12 @@ impl Agent {
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
-        store.check_format().context("opening the database")?;
+        let new_store = store.check_format().context("opening the database")?;
+        if new_store && !identity.created() {
+            // A device that kept its key and lost its store (or a restore): what the key signed
+            // before may be ahead of this store elsewhere.
+            store.set_catching_up(true)?;
+        }
         replica::check_limits(&config.limits)?;
         let replica = Replica::load(
             &store,
@@ -159,6 +164,18 @@ impl Agent {
             identity.signing_key().clone(),
         )
         .context("loading the swarm state")?;
+        if store.is_catching_up()? {
+            if config.swarm.enabled || !config.manager.address.is_empty() {
+                tracing::warn!(
+                    "this agent's identity key is older than its store (a restore or a replaced \
+                     device): writes wait until a round with a peer or the manager ends in sync"
+                );
+                replica.lock().set_catching_up(true);
+            } else {
+                // No peer and no manager: nothing else can hold what this key signed since.
+                store.set_catching_up(false)?;
+            }
+        }
         if let Some(kept) = store.reconcile_counts().context("counting the database")? {
             tracing::warn!(
                 kept_memories = kept.memories,
@@ -503,6 +520,11 @@ impl Agent {
     pub async fn store_received(&self) -> Result<()> {
         let (events, persists) = self.replica.take_received();
         self.apply_remote(events, persists).await?;
+        // Cleared only now, after what made the replica equal to a peer is stored.
+        if !self.replica.lock().is_catching_up() && self.store.is_catching_up()? {
+            self.store.set_catching_up(false)?;
+            tracing::info!("in sync with a peer: this agent holds its own history again and takes writes");
+        }
         self.replica.answer_body_requests(&self.store)
     }
 

@@ -33,6 +33,9 @@ const COUNTS_KEY: &[u8] = b"counts";
 const FORMAT_KEY: &[u8] = b"format";
 /// The body file's committed length, moved with the rows that point into it.
 const BODIES_END_KEY: &[u8] = b"bodies_end";
+/// Present while this store may be older than what its identity key signed elsewhere (see
+/// `murmur_sync::Engine::set_catching_up`).
+const CATCHING_UP_KEY: &[u8] = b"catching_up";
 /// 4: memory bodies (signed records) in the body file, rows in `memories`, `sync_changes` only
 /// entries (sync wire version 2).
 const STORE_FORMAT: u8 = 4;
@@ -342,10 +345,11 @@ impl Store {
     }
 
     /// Refuses a database written in another layout, with a reason a user can act on; marks a
-    /// new one with this layout. Called at open, before anything is read.
-    pub fn check_format(&self) -> Result<()> {
+    /// new one with this layout. Called at open, before anything is read. True when the
+    /// database is new.
+    pub fn check_format(&self) -> Result<bool> {
         match self.meta.get(FORMAT_KEY)?.as_deref() {
-            Some([STORE_FORMAT]) => Ok(()),
+            Some([STORE_FORMAT]) => Ok(false),
             Some(other) => Err(AgentError::CorruptRecord {
                 key: "meta/format".into(),
                 reason: format!("store format {other:?}; this agent reads format {STORE_FORMAT}"),
@@ -361,9 +365,26 @@ impl Store {
             None => {
                 self.meta.insert(FORMAT_KEY, &[STORE_FORMAT])?;
                 self.db.flush()?;
-                Ok(())
+                Ok(true)
             }
         }
+    }
+
+    /// Whether this store waits to catch up with its own history from peers.
+    pub fn is_catching_up(&self) -> Result<bool> {
+        Ok(self.meta.contains_key(CATCHING_UP_KEY)?)
+    }
+
+    /// Sets or clears the catching-up mark, durably: set, it survives a crash before the
+    /// agent is in sync; cleared only after what made it in sync was stored.
+    pub fn set_catching_up(&self, catching_up: bool) -> Result<()> {
+        if catching_up {
+            self.meta.insert(CATCHING_UP_KEY, &[1])?;
+        } else {
+            self.meta.remove(CATCHING_UP_KEY)?;
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     /// A fresh, never reused key for the vector index.
@@ -891,9 +912,9 @@ mod tests {
     async fn a_store_of_another_format_is_refused_and_a_new_one_is_marked() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
-        store.check_format().unwrap();
+        assert!(store.check_format().unwrap(), "a new store says it is new");
         store.insert(&[memory(1, "a")], &[]).await.unwrap();
-        store.check_format().unwrap();
+        assert!(!store.check_format().unwrap(), "an existing store is not new");
 
         // Data without the marker: an agent from before the bodies-by-hash format.
         store.meta.remove(FORMAT_KEY).unwrap();

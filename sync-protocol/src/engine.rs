@@ -247,6 +247,9 @@ pub struct Engine<P> {
     next_round_at_ms: u64,
     next_round_id: u32,
     stats: Stats,
+    /// Local writes and deletes are refused until a round with a peer ends in sync
+    /// ([`Engine::set_catching_up`]).
+    catching_up: bool,
 }
 
 impl<P: Clone + Ord + Debug> Engine<P> {
@@ -284,6 +287,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             next_round_at_ms: first_round,
             next_round_id: 1,
             stats: Stats::default(),
+            catching_up: false,
         };
         engine.refresh_root();
         Ok(engine)
@@ -352,6 +356,21 @@ impl<P: Clone + Ord + Debug> Engine<P> {
 
     pub fn author(&self) -> AuthorKey {
         self.author
+    }
+
+    /// Holds local writes and deletes ([`WriteError::CatchingUp`]) until an anti-entropy round
+    /// with any peer ends in sync. For a replica whose persisted state may be older than what
+    /// its key already signed elsewhere (restored from a backup, or a device that lost its
+    /// store and kept its key): automerge numbers each author's changes, and a change that
+    /// reuses a number its author gave another change is refused by every replica that holds
+    /// the other, so this one would fork from the swarm for good. The driver persists the
+    /// flag and clears it once [`Engine::is_catching_up`] turns false.
+    pub fn set_catching_up(&mut self, catching_up: bool) {
+        self.catching_up = catching_up;
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
     }
 
     pub fn config(&self) -> &Config {
@@ -443,6 +462,9 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     /// Signs and stores new memories (one change per shard touched), publishes them and
     /// reports them as events. All or nothing: one invalid draft refuses the whole batch.
     pub fn write(&mut self, now_ms: u64, drafts: &[MemoryDraft]) -> Result<Vec<MemoryRecord>, WriteError> {
+        if self.catching_up {
+            return Err(WriteError::CatchingUp);
+        }
         let mut signed = Vec::with_capacity(drafts.len());
         for draft in drafts {
             let nonce = self.rng.u64(..);
@@ -509,6 +531,9 @@ impl<P: Clone + Ord + Debug> Engine<P> {
 
     /// Deletes a memory this replica holds, if this replica's key may (author or admin).
     pub fn delete(&mut self, now_ms: u64, id: &MemoryId) -> Result<Tombstone, WriteError> {
+        if self.catching_up {
+            return Err(WriteError::CatchingUp);
+        }
         if self.deleted.contains(id) {
             return Err(WriteError::AlreadyDeleted(id.to_string()));
         }
@@ -1115,6 +1140,8 @@ impl<P: Clone + Ord + Debug> Engine<P> {
 
     fn mark_in_sync(&mut self, now_ms: u64, peer: &P) {
         self.stats.rounds_in_sync += 1;
+        // Equal with a peer: this replica holds all of its own history that peer holds.
+        self.catching_up = false;
         if let Some(state) = self.peers.get_mut(peer) {
             state.status.last_in_sync_ms = Some(now_ms);
             // Nothing left to say: the next round with this peer may start on time.

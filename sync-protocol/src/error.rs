@@ -65,6 +65,13 @@ pub enum WriteError {
     Record(#[from] RecordError),
     #[error("automerge failed: {0}")]
     Automerge(String),
+    /// This replica's own history may be ahead elsewhere (its store was restored or lost while
+    /// its key was kept): a change signed now could reuse a sequence number its author already
+    /// used, which every replica would refuse for good. Writes wait for one round in sync.
+    #[error(
+        "this replica is catching up with its own history from its peers; writes resume once a round with a peer or the manager ends in sync"
+    )]
+    CatchingUp,
 }
 
 /// Persisted state that could not be loaded.
