@@ -167,6 +167,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/memories/{id}", get(get_one).delete(delete_one))
         .route("/v1/search", post(search))
         .route("/v1/stats", get(stats))
+        .route("/v1/backup", get(backup))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
@@ -301,6 +302,71 @@ async fn search(
 async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<axum::Json<crate::service::Stats>> {
     Ok(axum::Json(agent.stats()?))
 }
+
+/// A consistent backup of this agent (see `backup.rs`), streamed. It is written to a file in
+/// the data directory first, so the snapshot takes the write lock only as long as reading the
+/// store does, never as long as a slow client takes; the file is unlinked as soon as it is
+/// open, so nothing is left behind whether the client reads it all or goes away.
+async fn backup(State(agent): State<Arc<Agent>>) -> ApiResult<Response> {
+    let path = agent.partial_backup_path();
+    let written = {
+        let (agent, path) = (agent.clone(), path.clone());
+        tokio::task::spawn_blocking(move || agent.write_backup(&path))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))
+            .and_then(|written| written)
+    };
+    let opened = match written {
+        Ok(summary) => tokio::fs::File::open(&path)
+            .await
+            .map(|file| (summary, file))
+            .map_err(AgentError::io(format!("opening {}", path.display()))),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = tokio::fs::remove_file(&path).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, path = %path.display(), "removing a served backup; it goes at the next start");
+    }
+    let (summary, file) = opened?;
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 256 * 1024];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), file))
+            }
+            Err(error) => Some((Err(error), file)),
+        }
+    });
+    let author = &summary.header.author;
+    let name = format!(
+        "murmur-{}-{}.backup",
+        &author[..author.len().min(16)],
+        summary.header.created_ms
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, summary.bytes.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+            (
+                header::HeaderName::from_static(BACKUP_SHA256_HEADER),
+                summary.sha256.clone(),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The header that carries a backup's SHA-256, for the client to check what it received.
+pub const BACKUP_SHA256_HEADER: &str = "x-murmur-backup-sha256";
 
 async fn healthz(State(agent): State<Arc<Agent>>) -> axum::Json<Value> {
     axum::Json(json!({ "status": "ok", "model_id": agent.embedder().model_id() }))

@@ -43,6 +43,9 @@ pub enum AgentError {
     #[error("{0}")]
     CatchingUp(String),
 
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+
     #[error("background task failed: {0}")]
     Join(String),
 }

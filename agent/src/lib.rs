@@ -2,6 +2,7 @@
 //! meaning, over a local HTTP API. See docs/ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod backup;
 pub mod body_file;
 pub mod client;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod progress;
 pub mod replica;
+pub mod restore;
 pub mod server;
 pub mod service;
 pub mod store;

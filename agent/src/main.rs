@@ -65,6 +65,28 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Take a consistent backup of a running agent into DIR (a file named after the agent and
+    /// the time); the agent keeps serving while it runs.
+    Backup {
+        #[command(flatten)]
+        api: ApiArgs,
+        dir: PathBuf,
+    },
+    /// Restore a backup into the data directory of a stopped agent (a new device, or a wiped
+    /// one). The restored agent takes writes again once it is in sync with a peer or the manager.
+    Restore {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The backup file (`murmur-agent backup`).
+        backup: PathBuf,
+        /// The device's identity key (a backup holds none); default: identity.key in the data
+        /// directory.
+        #[arg(long)]
+        identity_key: Option<PathBuf>,
+        /// Replace a store already in the data directory.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Bulk-import memories: one text per line, or JSON lines ({"text": .., "tags": ..}).
     Import {
         #[command(flatten)]
@@ -130,48 +152,28 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run(args) => {
-            let mut config = match &args.config {
-                Some(path) => AgentConfig::from_toml_file(path)?,
-                None => AgentConfig::default(),
+        Command::Run(args) => runtime()?.block_on(server::run(config_from(args)?)),
+        Command::Backup { api, dir } => {
+            let (path, summary) = Client::new(&api.url).backup_into(&dir)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "path": path, "backup": summary }))?
+            );
+            Ok(())
+        }
+        Command::Restore {
+            run,
+            backup,
+            identity_key,
+            replace,
+        } => {
+            let options = murmur_agent::restore::RestoreOptions {
+                identity_key,
+                replace,
             };
-            if let Some(dir) = args.data_dir {
-                config.data_dir = dir;
-            }
-            if let Some(addr) = args.api_addr {
-                config.api_addr = addr;
-            }
-            if let Some(quota) = args.disk_quota_bytes {
-                config.disk_quota_bytes = quota;
-            }
-            if !args.swarm_listen.is_empty() {
-                config.swarm.enabled = true;
-                config.swarm.listen = args.swarm_listen;
-            }
-            if !args.swarm_bootstrap.is_empty() {
-                config.swarm.bootstrap = args.swarm_bootstrap;
-            }
-            if let Some(key) = args.swarm_key {
-                config.swarm.swarm_key = Some(key);
-            }
-            if args.no_mdns {
-                config.swarm.mdns = false;
-            }
-            if !args.manager.is_empty() {
-                config.manager.address = args.manager;
-            }
-            if !args.manager_key.is_empty() {
-                config.manager.key = args.manager_key;
-            }
-            if let Some(cache) = args.cache_dir {
-                config.model.cache_dir = Some(cache);
-            }
-            config.validate()?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(server::run(config))
+            let restored = murmur_agent::restore::restore(config_from(run)?, &backup, options)?;
+            println!("{}", serde_json::to_string_pretty(&restored)?);
+            Ok(())
         }
         Command::Remember {
             api,
@@ -233,6 +235,54 @@ fn main() -> Result<()> {
             batch,
         } => import(&Client::new(&api.url), &file, namespace, batch.max(1)),
     }
+}
+
+/// The agent's config: the file, then flags and MURMUR_* variables over it.
+fn config_from(args: RunArgs) -> Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::from_toml_file(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.api_addr {
+        config.api_addr = addr;
+    }
+    if let Some(quota) = args.disk_quota_bytes {
+        config.disk_quota_bytes = quota;
+    }
+    if !args.swarm_listen.is_empty() {
+        config.swarm.enabled = true;
+        config.swarm.listen = args.swarm_listen;
+    }
+    if !args.swarm_bootstrap.is_empty() {
+        config.swarm.bootstrap = args.swarm_bootstrap;
+    }
+    if let Some(key) = args.swarm_key {
+        config.swarm.swarm_key = Some(key);
+    }
+    if args.no_mdns {
+        config.swarm.mdns = false;
+    }
+    if !args.manager.is_empty() {
+        config.manager.address = args.manager;
+    }
+    if !args.manager_key.is_empty() {
+        config.manager.key = args.manager_key;
+    }
+    if let Some(cache) = args.cache_dir {
+        config.model.cache_dir = Some(cache);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn import(client: &Client, file: &PathBuf, namespace: Option<String>, batch: usize) -> Result<()> {

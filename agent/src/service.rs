@@ -30,6 +30,8 @@ use crate::{
 };
 
 pub const MAX_K: usize = 1000;
+/// Backups the API is writing; one left by a crash is removed at the next start.
+const PARTIAL_BACKUP_SUFFIX: &str = ".backup-partial";
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +151,7 @@ impl Agent {
         use anyhow::Context;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        remove_partial_backups(dir);
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
         let new_store = store.check_format().context("opening the database")?;
@@ -813,6 +816,61 @@ impl Agent {
         Ok(true)
     }
 
+    /// Where the API writes a backup before it streams it: in the data directory (the same
+    /// disk as the store), under a name no other backup uses.
+    pub fn partial_backup_path(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.config.data_dir.join(format!(
+            ".backup-{}-{n}{PARTIAL_BACKUP_SUFFIX}",
+            std::process::id()
+        ))
+    }
+
+    /// Writes a backup of this agent to `path` (a new file), fsynced. The sync changes and the
+    /// ids of the live memories are read under the write lock, so the backup is this agent as
+    /// of one instant; the bodies are read after it is released, since a stored body never
+    /// changes. A memory deleted in between is left without its body: after a restore its
+    /// tombstone comes from the swarm, never the deleted text. Blocking: run it off the runtime.
+    #[tracing::instrument(skip_all, fields(path = %path.display()))]
+    pub fn write_backup(&self, path: &std::path::Path) -> Result<crate::backup::Summary> {
+        use crate::backup;
+        let header = backup::Header {
+            author: self.identity.public_hex(),
+            shards: self.replica.sync_config().shards,
+            created_ms: now_ms(),
+            model_id: self.embedder.model_id().to_string(),
+        };
+        let mut writer = backup::Writer::new(backup::create(path)?, header)?;
+        let started = Instant::now();
+        let ids = {
+            let _guard = self.write_lock.blocking_lock();
+            self.store
+                .for_each_change(|shard, change| Ok(writer.change(shard, change)?))?;
+            self.store.live_ids()?
+        };
+        let locked = started.elapsed();
+        for id in ids {
+            if let Some(body) = self.store.record_bytes(id)? {
+                writer.body(&body)?;
+            }
+        }
+        let (out, summary) = writer.finish()?;
+        out.into_inner()
+            .map_err(|e| AgentError::io(format!("writing {}", path.display()))(e.into_error()))?
+            .sync_all()
+            .map_err(AgentError::io(format!("syncing {}", path.display())))?;
+        tracing::info!(
+            changes = summary.changes,
+            bodies = summary.bodies,
+            bytes = summary.bytes,
+            writes_paused_ms = locked.as_millis() as u64,
+            seconds = started.elapsed().as_secs_f64(),
+            "backup written"
+        );
+        Ok(summary)
+    }
+
     /// Everything durable, for a clean exit.
     pub async fn shutdown(&self) -> Result<()> {
         self.save_index_if_dirty().await?;
@@ -882,6 +940,22 @@ impl Agent {
             self.metrics.last_in_sync_seconds.set(ms as f64 / 1e3);
         }
         self.metrics.render(self.embedder.stats(), accept)
+    }
+}
+
+/// Removes backups a crashed agent left half-written in its data directory. Failing to only
+/// costs disk space, so it is logged, not fatal.
+fn remove_partial_backups(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with(PARTIAL_BACKUP_SUFFIX)
+            && let Err(error) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(%error, path = %path.display(), "removing a half-written backup");
+        }
     }
 }
 

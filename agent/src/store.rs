@@ -549,6 +549,32 @@ impl Store {
             .collect()
     }
 
+    /// Every persisted sync change as stored (shard, encoded change), in key order, for a
+    /// backup; the caller holds the agent's write lock so none lands meanwhile.
+    pub fn for_each_change(&self, mut visit: impl FnMut(u16, &[u8]) -> Result<()>) -> Result<()> {
+        for item in self.sync_changes.iter() {
+            let (key, value) = item?;
+            let shard = key
+                .get(..2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| AgentError::CorruptRecord {
+                    key: format!("sync_changes/{}", hex::encode(&key)),
+                    reason: "short key".into(),
+                })?;
+            visit(shard, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The ids of every live memory, in id order (16 bytes each: a million is 16 MB).
+    pub fn live_ids(&self) -> Result<Vec<Uuid>> {
+        self.memories
+            .iter()
+            .keys()
+            .map(|key| Ok(uuid_suffix(&key?)))
+            .collect()
+    }
+
     /// Replaces a memory with its tombstone, durably. Returns what was deleted.
     pub async fn delete(&self, id: Uuid, now_ms: u64, changes: &[Persist]) -> Result<(Memory, u64)> {
         let (memory, row) = match self.held(id)? {
