@@ -13,8 +13,10 @@ use std::{
     fs::File,
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
+
+use murmur_at_rest::Sealer;
 
 use crate::error::{AgentError, Result};
 
@@ -51,6 +53,16 @@ pub struct BodyFile {
     path: PathBuf,
     /// Where the next body goes; appends are serialised by this lock.
     end: Mutex<u64>,
+    /// With encryption at rest, each body is sealed, bound to its offset, so a body copied to
+    /// another place in the file does not open there.
+    sealer: Option<Arc<Sealer>>,
+}
+
+fn seal_context(offset: u64) -> [u8; 25] {
+    let mut context = [0u8; 25];
+    context[..17].copy_from_slice(b"murmur-agent body");
+    context[17..].copy_from_slice(&offset.to_be_bytes());
+    context
 }
 
 fn io_error(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -65,7 +77,7 @@ impl BodyFile {
     /// Opens (or creates) the file whose committed length sled says is `committed_end`. Bytes
     /// past it belong to a write that never committed and are cut off; a file shorter than it
     /// has lost bodies the store points to, which is reported, never papered over.
-    pub fn open(path: &Path, committed_end: u64) -> Result<Self> {
+    pub fn open(path: &Path, committed_end: u64, sealer: Option<Arc<Sealer>>) -> Result<Self> {
         let file = File::options()
             .read(true)
             .write(true)
@@ -97,6 +109,7 @@ impl BodyFile {
             file,
             path: path.to_owned(),
             end: Mutex::new(committed_end),
+            sealer,
         })
     }
 
@@ -112,6 +125,16 @@ impl BodyFile {
         let mut buffer = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum());
         let mut at = *end;
         for body in bodies {
+            let sealed;
+            let body: &[u8] = match &self.sealer {
+                Some(sealer) => {
+                    sealed = sealer
+                        .seal(body, &seal_context(at))
+                        .map_err(|e| AgentError::AtRest(format!("sealing a body: {e}")))?;
+                    &sealed
+                }
+                None => body,
+            };
             let len = u32::try_from(body.len()).map_err(|_| AgentError::invalid("a body over 4 GiB"))?;
             slots.push(Slot { offset: at, len });
             buffer.extend_from_slice(body);
@@ -165,7 +188,17 @@ impl BodyFile {
         self.file
             .read_exact_at(&mut body, slot.offset)
             .map_err(io_error(&self.path, "reading"))?;
-        Ok(body)
+        match &self.sealer {
+            Some(sealer) => {
+                sealer
+                    .open(&body, &seal_context(slot.offset))
+                    .map_err(|e| AgentError::CorruptRecord {
+                        key: format!("{} (the body at byte {})", self.path.display(), slot.offset),
+                        reason: e.to_string(),
+                    })
+            }
+            None => Ok(body),
+        }
     }
 
     /// Erases the bodies in `slots` from disk and syncs: the file system frees the blocks they
@@ -217,7 +250,7 @@ mod tests {
     fn bodies_round_trip_erase_and_uncommitted_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bodies");
-        let file = BodyFile::open(&path, 0).unwrap();
+        let file = BodyFile::open(&path, 0, None).unwrap();
         let marker = b"MARKER-one-of-a-kind".repeat(300);
         let (slots, end) = file.append(&[b"first", &marker, b"third"]).unwrap();
         assert_eq!(end, 10 + marker.len() as u64);
@@ -234,14 +267,14 @@ mod tests {
         // An append whose rows never committed: the file is cut back at the next open.
         file.append(&[b"never committed"]).unwrap();
         drop(file);
-        let file = BodyFile::open(&path, end).unwrap();
+        let file = BodyFile::open(&path, end, None).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
         assert_eq!(file.read(slots[0]).unwrap(), b"first");
 
         // A slot past the end, and a file shorter than the store says, are errors.
         assert!(file.read(Slot { offset: end, len: 1 }).is_err());
         drop(file);
-        let error = BodyFile::open(&path, end + 1).err().unwrap().to_string();
+        let error = BodyFile::open(&path, end + 1, None).err().unwrap().to_string();
         assert!(error.contains("truncated or replaced"), "{error}");
     }
 

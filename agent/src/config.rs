@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub swarm: crate::swarm::SwarmSettings,
     /// The swarm manager this agent uploads to over QUIC (off unless `address` is set).
     pub manager: crate::uplink::UplinkSettings,
+    /// Encryption at rest of the memories' bodies and the vector index (off without a key).
+    pub encryption: murmur_at_rest::EncryptionSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -64,6 +66,7 @@ impl Default for AgentConfig {
             sync: crate::replica::SyncSettings::default(),
             swarm: crate::swarm::SwarmSettings::default(),
             manager: crate::uplink::UplinkSettings::default(),
+            encryption: murmur_at_rest::EncryptionSettings::default(),
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum AgentError {
     #[error("{0}")]
     CatchingUp(String),
 
+    /// Encryption at rest: a missing or wrong key, or a store that does not match the setting.
+    #[error("{0}")]
+    AtRest(String),
+
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
 

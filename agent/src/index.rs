@@ -19,6 +19,7 @@ use crate::{
 
 const INDEX_FILE: &str = "index.usearch";
 const META_FILE: &str = "index.meta.json";
+const SEAL_CONTEXT: &[u8] = b"murmur-agent index";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -302,13 +303,26 @@ impl VectorIndex {
 
     /// Writes the index and its meta atomically (temp files, fsync, rename), with no removed
     /// vector in what it writes.
-    pub fn save(&self, dir: &Path, generation: u64, model_id: &str) -> Result<()> {
+    /// With `sealer`, the file on disk is the sealed serialisation (meta's size and CRC are the
+    /// file's).
+    pub fn save(
+        &self,
+        dir: &Path,
+        generation: u64,
+        model_id: &str,
+        sealer: Option<&murmur_at_rest::Sealer>,
+    ) -> Result<()> {
         let index = self.read();
         let mut buffer = vec![0u8; index.serialized_length()];
         index
             .save_to_buffer(&mut buffer)
             .map_err(index_error("serialising"))?;
         self.scrub_removed(&mut buffer)?;
+        if let Some(sealer) = sealer {
+            buffer = sealer
+                .seal(&buffer, SEAL_CONTEXT)
+                .map_err(|e| AgentError::AtRest(format!("sealing the index: {e}")))?;
+        }
         let meta = IndexMeta {
             format: FORMAT,
             generation,
@@ -334,6 +348,7 @@ impl VectorIndex {
         settings: IndexSettings,
         generation: u64,
         model_id: &str,
+        sealer: Option<&murmur_at_rest::Sealer>,
     ) -> Result<Self, String> {
         let meta_path = dir.join(META_FILE);
         let meta_bytes = fs::read(&meta_path).map_err(|e| format!("no index meta ({e})"))?;
@@ -356,6 +371,12 @@ impl VectorIndex {
         if buffer.len() as u64 != meta.bytes || crc32fast::hash(&buffer) != meta.crc32 {
             return Err("index file does not match its checksum".into());
         }
+        let buffer = match sealer {
+            Some(sealer) => sealer
+                .open(&buffer, SEAL_CONTEXT)
+                .map_err(|e| format!("index file does not open with the key: {e}"))?,
+            None => buffer,
+        };
         let index = Index::new(&Self::options(dimensions, &settings)).map_err(|e| e.to_string())?;
         index
             .load_from_buffer(&buffer)
@@ -426,8 +447,8 @@ mod tests {
         index.remove(45).unwrap();
         index.remove(44).unwrap();
         index.add(5000, &unit(44, 8)).unwrap();
-        index.save(dir.path(), 9, "m").unwrap();
-        let loaded = VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m").unwrap();
+        index.save(dir.path(), 9, "m", None).unwrap();
+        let loaded = VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m", None).unwrap();
         assert_eq!(loaded.len(), index.len());
         let hits = loaded.search(&unit(44, 8), 1, None).unwrap();
         assert_eq!(hits[0].0, 5000);
@@ -438,11 +459,11 @@ mod tests {
             "searches through the overwritten rows still find their target"
         );
         assert!(
-            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m").is_err(),
+            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m", None).is_err(),
             "stale"
         );
         assert!(
-            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "other").is_err(),
+            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "other", None).is_err(),
             "model"
         );
 
@@ -469,7 +490,7 @@ mod tests {
         bytes[middle] ^= 0x55;
         fs::write(dir.path().join(INDEX_FILE), &bytes).unwrap();
         assert!(
-            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m").is_err(),
+            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m", None).is_err(),
             "corrupt"
         );
     }

@@ -134,6 +134,10 @@ struct RunArgs {
     /// trusted (several: comma-separated or repeated).
     #[arg(long, env = "MURMUR_MANAGER_KEY", value_delimiter = ',')]
     manager_key: Vec<String>,
+    /// Encrypt the memories' bodies and the index at rest with the key in this file (32 bytes
+    /// or 64 hex digits, mode 600); `MURMUR_ENCRYPTION_KEY` may carry the key itself instead.
+    #[arg(long, env = "MURMUR_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -270,6 +274,9 @@ fn config_from(args: RunArgs) -> Result<AgentConfig> {
     }
     if !args.manager_key.is_empty() {
         config.manager.key = args.manager_key;
+    }
+    if let Some(path) = args.encryption_key_file {
+        config.encryption.key_file = Some(path);
     }
     if let Some(cache) = args.cache_dir {
         config.model.cache_dir = Some(cache);

@@ -111,6 +111,8 @@ pub struct Agent {
     /// One index save at a time, so an older snapshot never lands after a newer one.
     index_save_lock: tokio::sync::Mutex<()>,
     index_dirty: AtomicBool,
+    /// Encryption at rest (the store has its own handle on it); the index is sealed with it.
+    sealer: Option<Arc<murmur_at_rest::Sealer>>,
     pub metrics: Metrics,
 }
 
@@ -153,7 +155,13 @@ impl Agent {
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         remove_partial_backups(dir);
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
-        let store = Store::open(&dir.join("db"), config.cache_bytes).context("opening the database")?;
+        let sealer = config
+            .encryption
+            .sealer()
+            .context("loading the encryption key")?
+            .map(Arc::new);
+        let store = Store::open_sealed(&dir.join("db"), config.cache_bytes, sealer.clone())
+            .context("opening the database")?;
         let new_store = store.check_format().context("opening the database")?;
         if new_store && !identity.created() {
             // A device that kept its key and lost its store (or a restore): what the key signed
@@ -224,6 +232,7 @@ impl Agent {
             config.index,
             generation,
             embedder.model_id(),
+            sealer.as_deref(),
         ) {
             Ok(index) => (Some(index), None),
             Err(reason) => (None, Some(reason)),
@@ -268,7 +277,7 @@ impl Agent {
             );
         }
         if rebuilding {
-            index.save(dir, generation, embedder.model_id())?;
+            index.save(dir, generation, embedder.model_id(), sealer.as_deref())?;
             tracing::info!(
                 size = index.len(),
                 seconds = started.elapsed().as_secs_f64(),
@@ -291,6 +300,7 @@ impl Agent {
             write_lock: tokio::sync::Mutex::new(()),
             index_save_lock: tokio::sync::Mutex::new(()),
             index_dirty: AtomicBool::new(false),
+            sealer,
         });
         agent.refresh_gauges();
         Ok(agent)
@@ -805,10 +815,12 @@ impl Agent {
         // the file holds all of them. A write that lands meanwhile may be in it too, but it moved
         // the store past `generation`, so a later load sees the mismatch and rebuilds instead of
         // trusting the file; it also marked the index dirty again for the next save.
-        if let Err(error) = self
-            .index
-            .save(&self.config.data_dir, generation, self.embedder.model_id())
-        {
+        if let Err(error) = self.index.save(
+            &self.config.data_dir,
+            generation,
+            self.embedder.model_id(),
+            self.sealer.as_deref(),
+        ) {
             self.index_dirty.store(true, Ordering::Release);
             return Err(error);
         }

@@ -36,6 +36,8 @@ const BODIES_END_KEY: &[u8] = b"bodies_end";
 /// Present while this store may be older than what its identity key signed elsewhere (see
 /// `murmur_sync::Engine::set_catching_up`).
 const CATCHING_UP_KEY: &[u8] = b"catching_up";
+/// The fingerprint of the key that seals the bodies, when encryption at rest is on.
+const AT_REST_KEY: &[u8] = b"at_rest_key";
 /// 4: memory bodies (signed records) in the body file, rows in `memories`, `sync_changes` only
 /// entries (sync wire version 2).
 const STORE_FORMAT: u8 = 4;
@@ -221,6 +223,17 @@ fn flatten(error: TransactionError<AgentError>) -> AgentError {
 
 impl Store {
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Self> {
+        Self::open_sealed(path, cache_capacity_bytes, None)
+    }
+
+    /// Opens the store with encryption at rest when `sealer` is given. The store keeps the
+    /// key's fingerprint, so a start with another key, with none, or with a key over bodies
+    /// written in the clear is refused before anything is read.
+    pub fn open_sealed(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        sealer: Option<std::sync::Arc<murmur_at_rest::Sealer>>,
+    ) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
@@ -231,7 +244,8 @@ impl Store {
             Some(bytes) => decode_u64("meta/bodies_end", &bytes)?,
             None => 0,
         };
-        let bodies = BodyFile::open(&body_path(path), committed)?;
+        check_at_rest_key(&db, &meta, committed, sealer.as_deref(), path)?;
+        let bodies = BodyFile::open(&body_path(path), committed, sealer)?;
         let store = Self {
             memories: db.open_tree("memories")?,
             by_namespace: db.open_tree("by_namespace")?,
@@ -776,6 +790,47 @@ impl Store {
     pub async fn flush(&self) -> Result<()> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// Refuses a key that does not match the store (see [`Store::open_sealed`]); marks a new store
+/// with the key it is given.
+fn check_at_rest_key(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    committed_bodies: u64,
+    sealer: Option<&murmur_at_rest::Sealer>,
+    path: &Path,
+) -> Result<()> {
+    let marked = meta.get(AT_REST_KEY)?;
+    let marked = marked.as_deref().map(String::from_utf8_lossy);
+    match (marked, sealer) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(AgentError::AtRest(format!(
+            "the store {} is encrypted at rest: give its key ([encryption] key_file, \
+             --encryption-key-file or {})",
+            path.display(),
+            murmur_at_rest::KEY_ENV
+        ))),
+        (Some(marked), Some(sealer)) if marked == sealer.fingerprint() => Ok(()),
+        (Some(marked), Some(sealer)) => Err(AgentError::AtRest(format!(
+            "the store {} was encrypted with the key of fingerprint {marked}; the key given has \
+             fingerprint {}",
+            path.display(),
+            sealer.fingerprint()
+        ))),
+        (None, Some(sealer)) => {
+            if committed_bodies > 0 || !db.open_tree("memories")?.is_empty() {
+                return Err(AgentError::AtRest(format!(
+                    "the store {} holds memories written without encryption: to encrypt them, take \
+                     a backup and restore it with the key (docs/agent.md, Encryption at rest)",
+                    path.display()
+                )));
+            }
+            meta.insert(AT_REST_KEY, sealer.fingerprint().as_bytes())?;
+            db.flush()?;
+            Ok(())
+        }
     }
 }
 

@@ -8,9 +8,11 @@ pub mod binaries;
 pub mod chaos_link;
 pub mod delay_proxy;
 pub mod manager;
+pub mod raw_bytes;
 
 pub use agent::*;
 pub use manager::*;
+pub use raw_bytes::*;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,131 @@
+//! Encryption at rest on the agent: with a key, a memory's text and vector are in no raw file
+//! of the data directory (a control agent without one shows the same scan finds them); the
+//! store refuses a start without its key, with another key, and a key over a store written in
+//! the clear; and a key is rotated by a backup restored under the new key.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+
+use murmur_tests::*;
+use serde_json::{Value, json};
+
+fn key_file(path: &Path, byte: u8) -> String {
+    std::fs::write(path, hex::encode([byte; 32])).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The agent binary's `run` must fail at start; returns what it said.
+fn refused_start(data_dir: &Path, extra: &[&str]) -> String {
+    let output = Command::new(binaries::agent())
+        .args(["run", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("agent binary runs");
+    assert!(!output.status.success(), "the agent started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_marker(agent: &AgentProcess, marker: &str, vector: &[f32]) -> String {
+    agent.add(json!({ "text": marker, "vector": vector, "metadata": { "kind": "marker" } }))
+}
+
+fn finds_marker(agent: &AgentProcess, id: &str, vector: &[f32]) {
+    let reply = agent.client.get(&format!("/v1/memories/{id}")).unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let hits = agent.search(json!({ "vector": vector, "k": 1 }));
+    assert_eq!(hits[0]["id"], json!(id), "{hits:?}");
+}
+
+#[test]
+fn with_a_key_no_raw_file_holds_a_memory_and_the_store_refuses_any_other_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "MARKER-7f3a1c-the-vault-code-is-in-the-blue-binder";
+    let vector = distinctive_vector();
+    let needles = needles(marker, &vector);
+    let key = key_file(&dir.path().join("at-rest.key"), 0x11);
+    let new_key = key_file(&dir.path().join("new.key"), 0x22);
+
+    // The control: without a key the same scan finds the text and the vector.
+    let clear_dir = dir.path().join("clear");
+    let clear = AgentProcess::start(&clear_dir, &[]);
+    write_marker(&clear, marker, &vector);
+    clear.stop();
+    let found = find(&clear_dir, &needles);
+    // The index and the records hold the vector at f16; the f32 needle is looked for only
+    // where it must be absent.
+    for (what, _) in needles.iter().filter(|(what, _)| !what.contains("f32")) {
+        assert!(
+            found.iter().any(|(_, f)| f.starts_with(what.as_str())),
+            "the control agent's files do not hold {what}: the scan cannot see it; found {found:?}"
+        );
+    }
+
+    // With a key: served and searchable, in no raw file, also after a restart.
+    let sealed_dir = dir.path().join("sealed");
+    let sealed = AgentProcess::start(&sealed_dir, &["--encryption-key-file", &key]);
+    let id = write_marker(&sealed, marker, &vector);
+    sealed.add_all(&many(200, "filler"), 100);
+    finds_marker(&sealed, &id, &vector);
+    sealed.stop();
+    let found = find(&sealed_dir, &needles);
+    assert!(found.is_empty(), "encrypted at rest, yet found {found:?}");
+    let sealed = AgentProcess::start(&sealed_dir, &["--encryption-key-file", &key]);
+    finds_marker(&sealed, &id, &vector);
+    assert!(
+        !sealed.log().contains("rebuilding the vector index"),
+        "the sealed index did not load: {}",
+        sealed.log()
+    );
+
+    // Rotation: a backup of the running agent restored under the new key.
+    let backups = dir.path().join("backups");
+    let (path, _) = sealed.client.backup_into(&backups).expect("backup");
+    sealed.stop();
+    let rotated_dir = dir.path().join("rotated");
+    let output = Command::new(binaries::agent())
+        .args(["restore", "--data-dir", rotated_dir.to_str().unwrap()])
+        .args(["--encryption-key-file", &new_key, "--identity-key"])
+        .arg(sealed_dir.join("identity.key"))
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let restored: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(restored["memories"], json!(201), "{restored}");
+    std::fs::remove_dir_all(&backups).unwrap();
+    let rotated = AgentProcess::start(&rotated_dir, &["--encryption-key-file", &new_key]);
+    finds_marker(&rotated, &id, &vector);
+    rotated.stop();
+    let found = find(&rotated_dir, &needles);
+    assert!(
+        found.is_empty(),
+        "restored under the new key, yet found {found:?}"
+    );
+
+    // Refusals, each naming the way out, and none of them changes the store.
+    let error = refused_start(&rotated_dir, &[]);
+    assert!(
+        error.contains("encrypted at rest") && error.contains("--encryption-key-file"),
+        "{error}"
+    );
+    let error = refused_start(&rotated_dir, &["--encryption-key-file", &key]);
+    assert!(error.contains("fingerprint"), "{error}");
+    let error = refused_start(&clear_dir, &["--encryption-key-file", &key]);
+    assert!(
+        error.contains("without encryption") && error.contains("backup"),
+        "{error}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = refused_start(&sealed_dir, &["--encryption-key-file", &key]);
+    assert!(error.contains("chmod 600"), "{error}");
+    let rotated = AgentProcess::start(&rotated_dir, &["--encryption-key-file", &new_key]);
+    finds_marker(&rotated, &id, &vector);
+    rotated.stop();
+}
