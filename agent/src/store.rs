@@ -545,19 +545,10 @@ impl Store {
 
     /// Every persisted sync change, for rebuilding the engine at start.
     pub fn sync_changes(&self) -> Result<Vec<(u16, SignedChange)>> {
-        self.sync_changes
-            .iter()
+        self.raw_changes()
             .map(|item| {
-                let (key, value) = item?;
-                let corrupt = |reason: String| AgentError::CorruptRecord {
-                    key: format!("sync_changes/{}", hex::encode(&key)),
-                    reason,
-                };
-                let shard = key
-                    .get(..2)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                    .ok_or_else(|| corrupt("short key".into()))?;
-                let change = SignedChange::decode(&value).map_err(|e| corrupt(e.to_string()))?;
+                let (key, shard, value) = item?;
+                let change = SignedChange::decode(&value).map_err(|e| corrupt_change(&key, e.to_string()))?;
                 Ok((shard, change))
             })
             .collect()
@@ -566,18 +557,23 @@ impl Store {
     /// Every persisted sync change as stored (shard, encoded change), in key order, for a
     /// backup; the caller holds the agent's write lock so none lands meanwhile.
     pub fn for_each_change(&self, mut visit: impl FnMut(u16, &[u8]) -> Result<()>) -> Result<()> {
-        for item in self.sync_changes.iter() {
+        for item in self.raw_changes() {
+            let (_, shard, value) = item?;
+            visit(shard, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The `sync_changes` rows in key order: key, the shard it names, the encoded change.
+    fn raw_changes(&self) -> impl Iterator<Item = Result<(sled::IVec, u16, sled::IVec)>> + '_ {
+        self.sync_changes.iter().map(|item| {
             let (key, value) = item?;
             let shard = key
                 .get(..2)
                 .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                .ok_or_else(|| AgentError::CorruptRecord {
-                    key: format!("sync_changes/{}", hex::encode(&key)),
-                    reason: "short key".into(),
-                })?;
-            visit(shard, &value)?;
-        }
-        Ok(())
+                .ok_or_else(|| corrupt_change(&key, "short key".into()))?;
+            Ok((key, shard, value))
+        })
     }
 
     /// The ids of every live memory, in id order (16 bytes each: a million is 16 MB).
@@ -831,6 +827,13 @@ fn check_at_rest_key(
             db.flush()?;
             Ok(())
         }
+    }
+}
+
+fn corrupt_change(key: &[u8], reason: String) -> AgentError {
+    AgentError::CorruptRecord {
+        key: format!("sync_changes/{}", hex::encode(key)),
+        reason,
     }
 }
 
