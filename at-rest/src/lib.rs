@@ -78,6 +78,8 @@ impl EncryptionSettings {
 
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Kept only to derive purpose-bound subkeys from (see [`Sealer::subkey`]).
+    key: [u8; 32],
     fingerprint: String,
 }
 
@@ -97,8 +99,23 @@ impl Sealer {
             .finalize();
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            key: *key,
             fingerprint: hex::encode(&fingerprint[..16]),
         }
+    }
+
+    /// A key for another cipher, derived from this one and bound to `purpose`: handing it
+    /// out (to analysts who read the manager's encrypted Parquet, say) gives nothing of this
+    /// key and opens nothing this sealer sealed. SHA-256 over a uniform 32-byte key with the
+    /// purpose length-prefixed is a sound KDF for one key per purpose.
+    pub fn subkey(&self, purpose: &str) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(b"murmur at-rest subkey v1\0")
+            .chain_update((purpose.len() as u64).to_be_bytes())
+            .chain_update(purpose.as_bytes())
+            .chain_update(self.key)
+            .finalize()
+            .into()
     }
 
     pub fn from_key_file(path: &Path) -> Result<Self, AtRestError> {
@@ -221,6 +238,10 @@ mod tests {
             sealer.open(b"MRS1", b"body"),
             Err(AtRestError::Short { .. })
         ));
+        assert_ne!(sealer.subkey("parquet"), sealer.subkey("other"));
+        assert_ne!(sealer.subkey("parquet"), other.subkey("parquet"));
+        assert_ne!(sealer.subkey("parquet"), [7; 32]);
+        assert_eq!(sealer.subkey("parquet"), Sealer::new(&[7; 32]).subkey("parquet"));
     }
 
     #[test]

@@ -12,11 +12,16 @@
 //!   lists (their keys are in its header) and the bodies of their memories not deleted since;
 //!   they are deleted only after it is durable, so a deleted body leaves the bucket then.
 //! - `v1/analytics/...`: Parquet exports (see `export.rs`).
+//!
+//! With encryption at rest on, every segment is sealed whole (murmur-at-rest) and the marker
+//! names the key's fingerprint, so a manager with no key or another key is refused before it
+//! reads anything; the exports use Parquet's own encryption (see `export.rs`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use murmur_at_rest::Sealer;
 use murmur_sync::SignedChange;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path};
 use serde::{Deserialize, Serialize};
@@ -42,6 +47,27 @@ pub enum BucketError {
     TooLarge(#[from] segment::TooLarge),
     #[error("the bucket's layout is version {0}; this manager reads version {LAYOUT_VERSION}")]
     UnknownLayout(u32),
+    #[error(
+        "the bucket is encrypted (key {fingerprint}) and this manager has no encryption key: \
+         set [encryption] key_file, --encryption-key-file or MURMUR_ENCRYPTION_KEY"
+    )]
+    KeyMissing { fingerprint: String },
+    #[error(
+        "the bucket is encrypted with key {expected}, this manager's key is {found}: \
+         start it with the key the bucket was written with"
+    )]
+    WrongKey { expected: String, found: String },
+    #[error(
+        "the bucket was written without encryption: an encrypted manager does not mix into it; \
+         copy it into a new bucket with `murmur-manager copy-bucket` under the key"
+    )]
+    Cleartext,
+    #[error("{path}: {source}")]
+    Sealed {
+        path: String,
+        #[source]
+        source: murmur_at_rest::AtRestError,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,7 +75,13 @@ struct LayoutMarker {
     format: String,
     version: u32,
     shards: u16,
+    /// Fingerprint of the key the segments are sealed with; absent: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_rest_key: Option<String>,
 }
+
+/// What a sealed segment is bound to: a sealed blob of another kind does not open as one.
+const SEGMENT_CONTEXT: &[u8] = b"murmur bucket segment v1";
 
 /// One segment as read back: where it was and what it holds.
 #[derive(Debug)]
@@ -71,6 +103,7 @@ pub struct Bucket {
     /// A `file://` bucket: object_store's local store does not fsync, so segments are synced
     /// here before they count as written (power loss, not only a killed process).
     local: bool,
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Bucket {
@@ -102,7 +135,18 @@ impl Bucket {
             writer: uuid::Uuid::now_v7().simple().to_string(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             local: parsed.scheme() == "file",
+            sealer: None,
         })
+    }
+
+    /// Seals every segment this bucket writes, and opens those it reads, with `sealer`.
+    pub fn with_sealer(mut self, sealer: Option<Sealer>) -> Self {
+        self.sealer = sealer.map(Arc::new);
+        self
+    }
+
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_deref()
     }
 
     pub fn url(&self) -> &str {
@@ -132,6 +176,7 @@ impl Bucket {
             format: "murmur-bucket".into(),
             version: LAYOUT_VERSION,
             shards,
+            at_rest_key: self.sealer().map(|s| s.fingerprint().to_owned()),
         };
         let body = serde_json::to_vec_pretty(&marker).map_err(|e| BucketError::Corrupt {
             path: path.to_string(),
@@ -162,7 +207,16 @@ impl Bucket {
                 configured: shards,
             });
         }
-        Ok(())
+        match (found.at_rest_key, self.sealer()) {
+            (None, None) => Ok(()),
+            (Some(expected), Some(sealer)) if expected == sealer.fingerprint() => Ok(()),
+            (Some(expected), Some(sealer)) => Err(BucketError::WrongKey {
+                expected,
+                found: sealer.fingerprint().to_owned(),
+            }),
+            (Some(fingerprint), None) => Err(BucketError::KeyMissing { fingerprint }),
+            (None, Some(_)) => Err(BucketError::Cleartext),
+        }
     }
 
     /// A conditional put: fails with `AlreadyExists` rather than replace anything.
@@ -202,11 +256,11 @@ impl Bucket {
         bodies: &[Vec<u8>],
         covers: &[String],
     ) -> Result<Path, BucketError> {
-        let body = segment::encode(changes, bodies, covers)?;
+        let body = self.encode_segment(changes, bodies, covers)?;
         loop {
             let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = self.path(&format!("v1/{area}/{}/{seq:012}.seg", self.writer));
-            match self.put_new(&path, body.clone().into()).await {
+            match self.put_new(&path, body.clone()).await {
                 Ok(()) => {
                     self.sync_local(&path).await?;
                     return Ok(path);
@@ -215,6 +269,65 @@ impl Bucket {
                 Err(BucketError::Store(object_store::Error::AlreadyExists { .. })) => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// A segment's bytes as this bucket stores them: sealed if it has a key.
+    fn encode_segment(
+        &self,
+        changes: &[(u16, SignedChange)],
+        bodies: &[Vec<u8>],
+        covers: &[String],
+    ) -> Result<Bytes, BucketError> {
+        let body = segment::encode(changes, bodies, covers)?;
+        match self.sealer() {
+            Some(sealer) => sealer
+                .seal(&body, SEGMENT_CONTEXT)
+                .map(Bytes::from)
+                .map_err(|source| BucketError::Sealed {
+                    path: self.url.clone(),
+                    source,
+                }),
+            None => Ok(Bytes::from(body)),
+        }
+    }
+
+    /// `path` (a key in this bucket) relative to the bucket's root.
+    fn relative<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.root.as_ref())
+            .map(|rest| rest.trim_start_matches('/'))
+    }
+
+    /// Writes `segment`, read from `source`, at the same place under this bucket's root and
+    /// sealed (or not) as this bucket seals; what it covers is renamed the same way. Returns
+    /// false if the target already had it (a copy resumed).
+    pub async fn copy_segment(&self, source: &Bucket, segment: &Segment) -> Result<bool, BucketError> {
+        let outside = |path: &str| BucketError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("not under the bucket's root {}", source.root),
+        };
+        let path = segment.path.as_ref();
+        let relative = source.relative(path).ok_or_else(|| outside(path))?;
+        let covers = segment
+            .covers
+            .iter()
+            .map(|c| {
+                Ok(self
+                    .path(source.relative(c).ok_or_else(|| outside(c))?)
+                    .to_string())
+            })
+            .collect::<Result<Vec<_>, BucketError>>()?;
+        let body = self.encode_segment(&segment.changes, &segment.bodies, &covers)?;
+        let target = self.path(relative);
+        match self.put_new(&target, body).await {
+            Ok(()) => {
+                self.sync_local(&target).await?;
+                Ok(true)
+            }
+            Err(BucketError::Store(
+                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+            )) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -263,11 +376,25 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let opened;
+        let bytes = match self.sealer() {
+            Some(sealer) => {
+                // The marker has vouched for the key, so what does not open is damage.
+                opened = sealer
+                    .open(&bytes, SEGMENT_CONTEXT)
+                    .map_err(|source| BucketError::Corrupt {
+                        path: path.to_owned(),
+                        reason: source.to_string(),
+                    })?;
+                &opened[..]
+            }
+            None => &bytes[..],
+        };
         let SegmentContent {
             changes,
             bodies,
             covers,
-        } = segment::decode(&bytes).map_err(|reason| BucketError::Corrupt {
+        } = segment::decode(bytes).map_err(|reason| BucketError::Corrupt {
             path: path.to_owned(),
             reason,
         })?;
@@ -330,5 +457,56 @@ mod tests {
         ));
         a.delete(pa.as_ref()).await.unwrap();
         assert!(a.read_segment(pa.as_ref()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_bucket_opens_only_under_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let key = || Some(Sealer::new(&[5; 32]));
+        let sealed = Bucket::open(&url, &[]).unwrap().with_sealer(key());
+        sealed.ensure_layout(64).await.unwrap();
+        let marker = b"a body no one may read from the disk";
+        let path = sealed
+            .write_segment(&[change(3)], &[marker.to_vec()])
+            .await
+            .unwrap();
+        let raw = std::fs::read(std::path::PathBuf::from("/").join(path.as_ref())).unwrap();
+        assert!(!raw.windows(marker.len()).any(|w| w == marker));
+        let back = sealed.read_segment(path.as_ref()).await.unwrap().unwrap();
+        assert_eq!(back.bodies, vec![marker.to_vec()]);
+        assert_eq!(back.changes, vec![change(3)]);
+
+        let again = Bucket::open(&url, &[]).unwrap().with_sealer(key());
+        again.ensure_layout(64).await.unwrap();
+        let keyless = Bucket::open(&url, &[]).unwrap();
+        assert!(matches!(
+            keyless.ensure_layout(64).await,
+            Err(BucketError::KeyMissing { .. })
+        ));
+        let other = Bucket::open(&url, &[])
+            .unwrap()
+            .with_sealer(Some(Sealer::new(&[6; 32])));
+        assert!(matches!(
+            other.ensure_layout(64).await,
+            Err(BucketError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            other.read_segment(path.as_ref()).await,
+            Err(BucketError::Corrupt { .. })
+        ));
+
+        let clear_dir = tempfile::tempdir().unwrap();
+        let clear_url = format!("file://{}", clear_dir.path().display());
+        Bucket::open(&clear_url, &[])
+            .unwrap()
+            .ensure_layout(64)
+            .await
+            .unwrap();
+        let refused = Bucket::open(&clear_url, &[]).unwrap().with_sealer(key());
+        assert!(matches!(
+            refused.ensure_layout(64).await,
+            Err(BucketError::Cleartext)
+        ));
     }
 }

@@ -44,6 +44,8 @@ pub struct ManagerConfig {
     pub compact_after_segments: usize,
     /// Semantic search and operator memories need the embedding model.
     pub model: ModelSection,
+    /// Encryption at rest of the bucket: segments sealed, exports Parquet-encrypted.
+    pub encryption: murmur_at_rest::EncryptionSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,7 @@ impl Default for ManagerConfig {
             max_refusals: 16,
             compact_after_segments: 512,
             model: ModelSection::default(),
+            encryption: murmur_at_rest::EncryptionSettings::default(),
         }
     }
 }
@@ -163,6 +166,21 @@ impl ManagerConfig {
         )
         .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
         Ok(config)
+    }
+
+    /// The bucket this config names, with its encryption key if one is set (not yet checked
+    /// against the bucket: `Bucket::ensure_layout` does that).
+    pub fn open_bucket(&self) -> anyhow::Result<crate::bucket::Bucket> {
+        let url = self.bucket_url()?;
+        let options: Vec<(String, String)> = self
+            .bucket_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let sealer = self.encryption.sealer().context("the encryption key")?;
+        Ok(crate::bucket::Bucket::open(&url, &options)
+            .context("opening the bucket")?
+            .with_sealer(sealer))
     }
 
     pub fn bucket_url(&self) -> anyhow::Result<String> {

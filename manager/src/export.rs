@@ -7,6 +7,11 @@
 //! - `v1/analytics/agents/agents.parquet`: every agent this manager knows, rewritten each time.
 //! - `v1/analytics/sync_events/date=YYYY-MM-DD/<writer>-<seq>.parquet`: append-only; one new
 //!   object per export and manager, never overwritten.
+//!
+//! With encryption at rest on, every file is written with Parquet modular encryption (AES-GCM,
+//! footer and every column under one key): readers that speak it (DuckDB, Spark, PyArrow) read
+//! it with the key `murmur-manager parquet-key` prints, a subkey of the at-rest key that opens
+//! no segment.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,11 +20,14 @@ use std::{
 
 use bytes::Bytes;
 use futures::StreamExt;
+use murmur_at_rest::Sealer;
 use murmur_sync::MemoryRecord;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::{
     basic::Compression,
     data_type::{BoolType, ByteArray, ByteArrayType, Int32Type, Int64Type},
+    encryption::encrypt::FileEncryptionProperties,
+    errors::ParquetError,
     file::{properties::WriterProperties, writer::SerializedFileWriter},
     schema::parser::parse_message_type,
 };
@@ -178,18 +186,22 @@ impl Exporter {
             view_locked: lock_started.elapsed(),
             ..ExportSummary::default()
         };
+        let properties = properties(bucket.sealer())?;
         // Partitions encode in parallel (one per core), and upload in order as they finish.
         let parallel = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut encoded = futures::stream::iter(changed.into_iter().map(|(date, print, rows)| async move {
-            // Sorted here, not under the view's lock.
-            let encoded = tokio::task::spawn_blocking(move || {
-                let mut rows = rows;
-                rows.sort_unstable_by_key(|r| r.id);
-                encode_memories(&rows).map(|b| (b, rows.len()))
-            })
-            .await
-            .map_err(|e| parquet::errors::ParquetError::General(e.to_string()));
-            (date, print, encoded)
+        let mut encoded = futures::stream::iter(changed.into_iter().map(|(date, print, rows)| {
+            let properties = Arc::clone(&properties);
+            async move {
+                // Sorted here, not under the view's lock.
+                let encoded = tokio::task::spawn_blocking(move || {
+                    let mut rows = rows;
+                    rows.sort_unstable_by_key(|r| r.id);
+                    encode_memories(&rows, &properties).map(|b| (b, rows.len()))
+                })
+                .await
+                .map_err(|e| ParquetError::General(e.to_string()));
+                (date, print, encoded)
+            }
         }))
         .buffered(parallel);
         while let Some((date, print, encoded)) = encoded.next().await {
@@ -212,7 +224,7 @@ impl Exporter {
         }
         self.exported_generation = Some(generation);
 
-        let agents_body = encode_agents(&agents)?;
+        let agents_body = encode_agents(&agents, &properties)?;
         summary.bytes += agents_body.len() as u64;
         bucket
             .store()
@@ -227,7 +239,7 @@ impl Exporter {
             by_day.entry(utc_date(event.at_ms)).or_default().push(event);
         }
         for (date, day) in by_day {
-            let body = encode_events(bucket.writer(), &day)?;
+            let body = encode_events(bucket.writer(), &day, &properties)?;
             self.event_seq += 1;
             let path = bucket.path(&format!(
                 "v1/analytics/sync_events/date={date}/{}-{:06}.parquet",
@@ -246,13 +258,25 @@ fn text(s: &str) -> ByteArray {
     ByteArray::from(s.as_bytes().to_vec())
 }
 
-fn properties() -> Arc<WriterProperties> {
-    Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_created_by(concat!("murmur-manager ", env!("CARGO_PKG_VERSION")).into())
-            .build(),
-    )
+/// What the Parquet footer key is derived for: changing it changes every analyst's key.
+pub const PARQUET_KEY_PURPOSE: &str = "parquet export v1";
+
+/// The export's AES-256 key: 32 hex digits (128 bits of a subkey) used as its 32 bytes, so
+/// that readers which take a key as text (DuckDB's `PRAGMA add_parquet_key`) take it as it is.
+pub fn parquet_key(sealer: &Sealer) -> String {
+    hex::encode(&sealer.subkey(PARQUET_KEY_PURPOSE)[..16])
+}
+
+/// How every export file is written: Snappy, and encrypted under a subkey of `sealer`'s key.
+pub fn properties(sealer: Option<&Sealer>) -> Result<Arc<WriterProperties>, ParquetError> {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by(concat!("murmur-manager ", env!("CARGO_PKG_VERSION")).into());
+    if let Some(sealer) = sealer {
+        let key = parquet_key(sealer).into_bytes();
+        builder = builder.with_file_encryption_properties(FileEncryptionProperties::builder(key).build()?);
+    }
+    Ok(Arc::new(builder.build()))
 }
 
 /// Column values of one row group, in schema order.
@@ -263,17 +287,19 @@ enum Column {
     Bool(Vec<bool>),
 }
 
-fn write_file(schema: &str, groups: Vec<Vec<Column>>) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+fn write_file(
+    schema: &str,
+    groups: Vec<Vec<Column>>,
+    properties: &Arc<WriterProperties>,
+) -> Result<Vec<u8>, ParquetError> {
     let schema = Arc::new(parse_message_type(schema)?);
-    let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties())?;
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, Arc::clone(properties))?;
     for columns in groups {
         let mut group = writer.next_row_group()?;
         let mut columns = columns.into_iter();
         while let Some(mut column) = group.next_column()? {
             let Some(values) = columns.next() else {
-                return Err(parquet::errors::ParquetError::General(
-                    "fewer columns than the schema".into(),
-                ));
+                return Err(ParquetError::General("fewer columns than the schema".into()));
             };
             match values {
                 Column::Bytes(v, def, rep) => {
@@ -329,7 +355,10 @@ impl From<&MemoryRecord> for MemoryRow {
     }
 }
 
-pub fn encode_memories(records: &[MemoryRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+pub fn encode_memories(
+    records: &[MemoryRow],
+    properties: &Arc<WriterProperties>,
+) -> Result<Vec<u8>, ParquetError> {
     let groups = records
         .chunks(ROWS_PER_GROUP)
         .map(|chunk| {
@@ -371,7 +400,7 @@ pub fn encode_memories(records: &[MemoryRow]) -> Result<Vec<u8>, parquet::errors
             ]
         })
         .collect();
-    write_file(MEMORY_SCHEMA, groups)
+    write_file(MEMORY_SCHEMA, groups, properties)
 }
 
 pub struct AgentRow {
@@ -429,7 +458,7 @@ fn optional_i64(values: impl Iterator<Item = Option<u64>>) -> Column {
     Column::Int64(present, Some(def))
 }
 
-fn encode_agents(rows: &[AgentRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+fn encode_agents(rows: &[AgentRow], properties: &Arc<WriterProperties>) -> Result<Vec<u8>, ParquetError> {
     let columns = vec![
         Column::Bytes(rows.iter().map(|r| text(&r.key)).collect(), None, None),
         Column::Bool(rows.iter().map(|r| r.connected).collect()),
@@ -443,13 +472,14 @@ fn encode_agents(rows: &[AgentRow]) -> Result<Vec<u8>, parquet::errors::ParquetE
         Column::Int32(rows.iter().map(|r| r.peers as i32).collect()),
         Column::Int64(rows.iter().map(|r| r.refused_messages as i64).collect(), None),
     ];
-    write_file(AGENT_SCHEMA, vec![columns])
+    write_file(AGENT_SCHEMA, vec![columns], properties)
 }
 
 fn encode_events(
     manager: &str,
     events: &[&crate::view::SyncEvent],
-) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    properties: &Arc<WriterProperties>,
+) -> Result<Vec<u8>, ParquetError> {
     let columns = vec![
         Column::Int64(events.iter().map(|e| e.at_ms as i64).collect(), None),
         Column::Bytes(events.iter().map(|_| text(manager)).collect(), None, None),
@@ -463,7 +493,7 @@ fn encode_events(
         Column::Int64(events.iter().map(|e| e.bytes as i64).collect(), None),
         Column::Bytes(events.iter().map(|e| text(&e.detail)).collect(), None, None),
     ];
-    write_file(EVENT_SCHEMA, vec![columns])
+    write_file(EVENT_SCHEMA, vec![columns], properties)
 }
 
 #[cfg(test)]

@@ -202,6 +202,7 @@ async fn overview(State(state): State<AppState>, _: Operator) -> ApiResult {
             "key": manager_key,
             "writer": manager.bucket.writer(),
             "bucket": manager.bucket.url(),
+            "at_rest_key": manager.bucket.sealer().map(|s| s.fingerprint()),
             "started_at_ms": manager.started_at_ms,
             "root_digest": root,
         },

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use murmur_manager::{ManagerConfig, export::Exporter, server};
+use murmur_manager::{ManagerConfig, bucket::Bucket, export::Exporter, server};
 
 #[derive(Parser)]
 #[command(name = "murmur-manager", version, about = "Murmur's swarm manager")]
@@ -26,6 +26,10 @@ struct Common {
     /// object_store option for the bucket, KEY=VALUE (repeatable), e.g. aws_endpoint=http://…
     #[arg(long = "bucket-option")]
     bucket_options: Vec<String>,
+    /// Encrypt the bucket at rest with the key in this file (32 bytes or 64 hex digits, mode
+    /// 600); MURMUR_ENCRYPTION_KEY may carry the key itself instead.
+    #[arg(long, env = "MURMUR_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +69,39 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the key (32 characters, used as they are) that reads the encrypted Parquet exports, for DuckDB's
+    /// `PRAGMA add_parquet_key` or Spark: it opens the exports and nothing else.
+    ParquetKey {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copy every segment into another bucket, sealed under that bucket's key or in clear:
+    /// how encryption is turned on or off and how its key is rotated (managers stopped).
+    CopyBucket {
+        #[command(flatten)]
+        common: Common,
+        /// The target bucket URL: a new one, or one this copy was cut short in (it resumes).
+        #[arg(long)]
+        to: String,
+        /// object_store option for the target bucket, KEY=VALUE (repeatable).
+        #[arg(long = "to-bucket-option")]
+        to_bucket_options: Vec<String>,
+        /// Seal the copy with the key in this file; without it the copy is in clear.
+        #[arg(long)]
+        to_encryption_key_file: Option<PathBuf>,
+    },
+}
+
+fn key_values(flag: &str, options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    options
+        .iter()
+        .map(|option| {
+            let (key, value) = option
+                .split_once('=')
+                .with_context(|| format!("--{flag} {option:?} is not KEY=VALUE"))?;
+            Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 fn load_config(common: &Common) -> anyhow::Result<ManagerConfig> {
@@ -78,11 +115,11 @@ fn load_config(common: &Common) -> anyhow::Result<ManagerConfig> {
     if let Some(bucket) = &common.bucket {
         config.bucket = Some(bucket.clone());
     }
-    for option in &common.bucket_options {
-        let (key, value) = option
-            .split_once('=')
-            .with_context(|| format!("--bucket-option {option:?} is not KEY=VALUE"))?;
-        config.bucket_options.insert(key.to_owned(), value.to_owned());
+    config
+        .bucket_options
+        .extend(key_values("bucket-option", &common.bucket_options)?);
+    if let Some(path) = &common.encryption_key_file {
+        config.encryption.key_file = Some(path.clone());
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -160,5 +197,68 @@ fn main() -> anyhow::Result<()> {
             println!("{}", hex::encode(key.verifying_key().to_bytes()));
             Ok(())
         }
+        Command::ParquetKey { common } => {
+            let config = load_config(&common)?;
+            let sealer = config.encryption.sealer()?.context(
+                "no encryption key: set --encryption-key-file, [encryption] key_file or MURMUR_ENCRYPTION_KEY",
+            )?;
+            println!("{}", murmur_manager::export::parquet_key(&sealer));
+            Ok(())
+        }
+        Command::CopyBucket {
+            common,
+            to,
+            to_bucket_options,
+            to_encryption_key_file,
+        } => {
+            let config = load_config(&common)?;
+            let source = config.open_bucket()?;
+            let sealer = to_encryption_key_file
+                .as_deref()
+                .map(murmur_at_rest::Sealer::from_key_file)
+                .transpose()?;
+            let target = Bucket::open(&to, &key_values("to-bucket-option", &to_bucket_options)?)
+                .context("opening the target bucket")?
+                .with_sealer(sealer);
+            runtime.block_on(copy_bucket(&source, &target, config.sync.shards))
+        }
     }
+}
+
+/// Copies segment by segment, so RAM holds one segment at a time; a segment already in the
+/// target (a copy run before and cut short) is left as it is, so a rerun resumes.
+async fn copy_bucket(source: &Bucket, target: &Bucket, shards: u16) -> anyhow::Result<()> {
+    source
+        .ensure_layout(shards)
+        .await
+        .with_context(|| format!("checking the bucket {}", source.url()))?;
+    target
+        .ensure_layout(shards)
+        .await
+        .with_context(|| format!("checking the target bucket {}", target.url()))?;
+    let segments = source.list_segments().await?;
+    let progress = indicatif::ProgressBar::new(segments.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} segments {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut copied, mut present) = (0usize, 0usize);
+    for path in &segments {
+        let Some(segment) = source.read_segment(path).await? else {
+            // Compacted away by a running manager: the copy is of stopped managers only.
+            anyhow::bail!("{path} vanished during the copy: stop every manager of the bucket first");
+        };
+        if target.copy_segment(source, &segment).await? {
+            copied += 1;
+        } else {
+            present += 1;
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    println!(
+        "{copied} segments copied to {} ({present} were there already), sealed: {}",
+        target.url(),
+        if target.sealer().is_some() { "yes" } else { "no" }
+    );
+    Ok(())
 }

@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     ManagerConfig,
-    bucket::Bucket,
     config::parse_key_hex,
     export::Exporter,
     http::{AppState, router},
@@ -56,13 +55,8 @@ pub fn load_key(config: &ManagerConfig) -> anyhow::Result<murmur_sync::SigningKe
 
 /// Opens the bucket and loads the swarm state from it.
 pub async fn open_manager(config: &ManagerConfig) -> anyhow::Result<Arc<Manager>> {
-    let url = config.bucket_url()?;
-    let options: Vec<(String, String)> = config
-        .bucket_options
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let bucket = Bucket::open(&url, &options).context("opening the bucket")?;
+    let bucket = config.open_bucket()?;
+    let url = bucket.url().to_owned();
     bucket
         .ensure_layout(config.sync.shards)
         .await

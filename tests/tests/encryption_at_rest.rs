@@ -129,3 +129,168 @@ fn with_a_key_no_raw_file_holds_a_memory_and_the_store_refuses_any_other_key() {
     finds_marker(&rotated, &id, &vector);
     rotated.stop();
 }
+
+/// The manager binary with `args` must fail; returns what it said.
+fn manager_refused(args: &[&str]) -> String {
+    let output = Command::new(binaries::manager())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("manager binary runs");
+    assert!(!output.status.success(), "the manager did not refuse {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn manager_says(args: &[&str]) -> String {
+    let output = Command::new(binaries::manager())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("manager binary runs");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// What DuckDB reads of the memory export under `bucket`, given the Parquet key `key` or
+/// none, or its error.
+fn duckdb_texts(bucket: &Path, key: Option<&str>) -> Result<Vec<String>, String> {
+    const QUERY: &str = r#"
+import duckdb, json, sys
+bucket, key = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+options = ""
+if key:
+    con.execute("PRAGMA add_parquet_key('murmur', '" + key + "')")
+    options = ", encryption_config = {footer_key: 'murmur'}"
+rows = con.execute("SELECT text FROM read_parquet('" + bucket + "/v1/analytics/memories/*/*.parquet'" + options + ")").fetchall()
+print(json.dumps([r[0] for r in rows]))
+"#;
+    let output = Command::new(tools_python())
+        .arg("-c")
+        .arg(QUERY)
+        .arg(bucket)
+        .arg(key.unwrap_or(""))
+        .output()
+        .expect("python with duckdb");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&output.stdout).expect("JSON from DuckDB"))
+}
+
+#[test]
+fn an_encrypted_manager_seals_its_bucket_and_exports_and_copies_into_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "MARKER-c81d2e-the-spare-key-is-under-the-third-pallet";
+    let vector = distinctive_vector();
+    let needles = needles(marker, &vector);
+    let key = key_file(&dir.path().join("manager.at-rest.key"), 0x33);
+    let new_key = key_file(&dir.path().join("manager.new.key"), 0x44);
+    let wrong_key = key_file(&dir.path().join("manager.wrong.key"), 0x55);
+
+    let sealed_dir = dir.path().join("manager");
+    let manager = ManagerProcess::start(
+        &sealed_dir,
+        "127.0.0.1:0",
+        &["--no-model", "--encryption-key-file", &key],
+    );
+    let agent = agent_for(&dir.path().join("agent"), &manager.uplink, &[]);
+    let id = write_marker(&agent, marker, &vector);
+    agent.add_all(&many(60, "filler"), 30);
+    wait_until(60, "the manager holds all 61 memories", || manager.live() == 61);
+    let fingerprint = manager.overview()["manager"]["at_rest_key"].clone();
+    assert!(fingerprint.is_string(), "{fingerprint}");
+    let bucket = sealed_dir.join("bucket");
+    wait_until(30, "the export is written", || {
+        files_under(&bucket.join("v1/analytics/memories")).len() == 1
+    });
+    agent.stop();
+    manager.stop();
+
+    // No raw file of the manager holds the memory; segments and exports are there.
+    let found = find(&sealed_dir, &needles);
+    assert!(found.is_empty(), "encrypted at rest, yet found {found:?}");
+    assert!(!files_under(&bucket.join("v1/changes")).is_empty());
+
+    // DuckDB sees an encrypted Parquet file and reads nothing without the key. (With the key
+    // DuckDB 1.4.1 still fails on parquet 60's files, "Computed AES tag differs": reading the
+    // export back under `parquet-key` is not proven yet.)
+    let base = ["--data-dir", sealed_dir.to_str().unwrap()];
+    let parquet_key = manager_says(&[&["parquet-key"][..], &base, &["--encryption-key-file", &key]].concat());
+    assert_eq!(parquet_key.len(), 32, "{parquet_key}");
+    let refused = duckdb_texts(&bucket, None).expect_err("DuckDB read an encrypted export with no key");
+    assert!(refused.to_lowercase().contains("encrypt"), "{refused}");
+
+    // A manager without the key, or with another, is refused before it reads anything.
+    let error = manager_refused(&[&["export"][..], &base].concat());
+    assert!(
+        error.contains("encrypted") && error.contains("--encryption-key-file"),
+        "{error}"
+    );
+    let error = manager_refused(&[&["export"][..], &base, &["--encryption-key-file", &wrong_key]].concat());
+    assert!(error.contains("encrypted with key"), "{error}");
+
+    // Rotation: copied into a new bucket under the new key, which a manager then serves whole.
+    let rotated_bucket = dir.path().join("rotated-bucket");
+    let to = format!("file://{}", rotated_bucket.display());
+    let copy = [
+        &["copy-bucket"][..],
+        &base,
+        &["--encryption-key-file", &key, "--to", &to],
+    ]
+    .concat();
+    manager_says(&[&copy[..], &["--to-encryption-key-file", &new_key]].concat());
+    // A rerun (a copy cut short and resumed) copies nothing twice.
+    let again = manager_says(&[&copy[..], &["--to-encryption-key-file", &new_key]].concat());
+    assert!(again.starts_with("0 segments copied"), "{again}");
+    let found = find(&rotated_bucket, &needles);
+    assert!(found.is_empty(), "copied under the new key, yet found {found:?}");
+    let rotated = ManagerProcess::start(
+        &dir.path().join("rotated"),
+        "127.0.0.1:0",
+        &["--no-model", "--bucket", &to, "--encryption-key-file", &new_key],
+    );
+    assert_eq!(rotated.live(), 61);
+    let rotated_fingerprint = rotated.overview()["manager"]["at_rest_key"].clone();
+    assert!(
+        rotated_fingerprint.is_string() && rotated_fingerprint != fingerprint,
+        "{rotated_fingerprint}"
+    );
+    assert_eq!(rotated.status_of(&id), 200);
+    rotated.stop();
+
+    // The control: copied out in the clear, the same scan finds the memory in a segment.
+    let clear_bucket = dir.path().join("clear-bucket");
+    let to_clear = format!("file://{}", clear_bucket.display());
+    manager_says(
+        &[
+            &["copy-bucket"][..],
+            &base,
+            &["--encryption-key-file", &key, "--to", &to_clear],
+        ]
+        .concat(),
+    );
+    let found = find(&clear_bucket, &needles);
+    assert!(
+        found.iter().any(|(_, what)| what.starts_with("the text")),
+        "the clear copy holds no marker: the scan cannot see it; found {found:?}"
+    );
+    // And an encrypted manager refuses to mix into a clear bucket.
+    let error = manager_refused(&[
+        "export",
+        "--data-dir",
+        dir.path().join("mixed").to_str().unwrap(),
+        "--bucket",
+        &to_clear,
+        "--encryption-key-file",
+        &key,
+    ]);
+    assert!(
+        error.contains("without encryption") && error.contains("copy-bucket"),
+        "{error}"
+    );
+}

@@ -214,3 +214,136 @@ fn the_manager_keeps_the_swarm_in_s3_and_reloads_it_from_there() {
     );
     assert_eq!(reader.object(&segments[0]), before);
 }
+
+/// Every object under `prefix` with the server-side encryption S3 reports for it (HEAD, via
+/// boto3 from moto's venv): `{key: [ServerSideEncryption, SSEKMSKeyId]}`.
+fn server_side_encryption(s3: &S3Server, prefix: &str) -> serde_json::Map<String, serde_json::Value> {
+    const HEAD_ALL: &str = r#"
+import boto3, json, sys
+endpoint, bucket, prefix = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="murmur-test", aws_secret_access_key="murmur-test-secret")
+out = {}
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for item in page.get("Contents", []):
+        head = s3.head_object(Bucket=bucket, Key=item["Key"])
+        out[item["Key"]] = [head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")]
+print(json.dumps(out))
+"#;
+    let output = Command::new(tools_python())
+        .args(["-c", HEAD_ALL, &s3.endpoint, BUCKET, prefix])
+        .output()
+        .expect("python with boto3");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON from boto3")
+}
+
+/// A KMS key made in moto's KMS, for SSE-KMS.
+fn kms_key(s3: &S3Server) -> String {
+    const CREATE: &str = r#"
+import boto3, sys
+kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="murmur-test", aws_secret_access_key="murmur-test-secret")
+print(kms.create_key(Description="murmur bucket")["KeyMetadata"]["Arn"])
+"#;
+    let output = Command::new(tools_python())
+        .args(["-c", CREATE, &s3.endpoint])
+        .output()
+        .expect("python with boto3");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn server_side_encryption_options_reach_every_object_the_manager_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("moto.log"));
+    s3.create_bucket(BUCKET);
+    let kms = kms_key(&s3);
+    for (run, options) in [
+        ("sse-s3", vec!["aws_server_side_encryption=AES256".to_owned()]),
+        (
+            "sse-kms",
+            vec![
+                "aws_server_side_encryption=aws:kms".to_owned(),
+                format!("aws_sse_kms_key_id={kms}"),
+            ],
+        ),
+    ] {
+        let prefix = format!("{PREFIX}-{run}");
+        let mut args: Vec<String> = s3
+            .manager_args()
+            .into_iter()
+            .map(|a| a.replace(&format!("{BUCKET}/{PREFIX}"), &format!("{BUCKET}/{prefix}")))
+            .collect();
+        for option in options {
+            args.extend(["--bucket-option".to_owned(), option]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let manager = ManagerProcess::start(&dir.path().join(run), "127.0.0.1:0", &args);
+        let agent = agent_for(&dir.path().join(format!("{run}-agent")), &manager.uplink, &[]);
+        agent.add_all(&many(20, run), 10);
+        wait_until(60, "the manager holds all 20 memories", || manager.live() == 20);
+        wait_until(30, "the export is written", || {
+            s3.client()
+                .keys(&format!("{prefix}/v1/analytics/memories/"))
+                .iter()
+                .any(|k| k.ends_with(".parquet"))
+        });
+        agent.stop();
+        manager.stop();
+        let objects = server_side_encryption(&s3, &prefix);
+        for area in [
+            "murmur.json",
+            "v1/changes/",
+            "v1/analytics/memories/",
+            "v1/analytics/agents/",
+        ] {
+            assert!(
+                objects.keys().any(|k| k.starts_with(&format!("{prefix}/{area}"))),
+                "{run}: nothing under {area}: {objects:?}"
+            );
+        }
+        for (key, sse) in &objects {
+            match run {
+                "sse-s3" => assert_eq!(sse[0], "AES256", "{key}: {sse}"),
+                _ => {
+                    assert_eq!(sse[0], "aws:kms", "{key}: {sse}");
+                    assert!(
+                        sse[1]
+                            .as_str()
+                            .is_some_and(|k| kms.ends_with(k) || k.ends_with(&kms)),
+                        "{key}: {sse}"
+                    );
+                }
+            }
+        }
+    }
+
+    // A value S3 does not know is refused at start, naming it.
+    let mut args = s3.manager_args();
+    args.extend([
+        "--bucket-option".to_owned(),
+        "aws_server_side_encryption=rot13".to_owned(),
+    ]);
+    let output = Command::new(murmur_tests::binaries::manager())
+        .args(["export", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .args(args.iter().filter(|a| *a != "--no-model"))
+        .output()
+        .expect("manager binary runs");
+    assert!(
+        !output.status.success(),
+        "an unknown encryption type was accepted"
+    );
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("rot13"), "{error}");
+}
