@@ -9,9 +9,9 @@
 //!   object per export and manager, never overwritten.
 //!
 //! With encryption at rest on, every file is written with Parquet modular encryption (AES-GCM,
-//! footer and every column under one key): readers that speak it (DuckDB, Spark, PyArrow) read
-//! it with the key `murmur-manager parquet-key` prints, a subkey of the at-rest key that opens
-//! no segment.
+//! footer and every column under one key), under the key `murmur-manager parquet-key` prints:
+//! a subkey of the at-rest key that opens no segment. DuckDB 1.4.1 does not read these files
+//! back with it yet (docs/manager.md, "Encryption at rest").
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -69,8 +69,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Print the key (32 characters, used as they are) that reads the encrypted Parquet exports, for DuckDB's
-    /// `PRAGMA add_parquet_key` or Spark: it opens the exports and nothing else.
+    /// Print the key (32 characters, used as they are) the encrypted Parquet exports are
+    /// written under: it opens the exports and nothing else.
     ParquetKey {
         #[command(flatten)]
         common: Common,

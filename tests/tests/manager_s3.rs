@@ -230,8 +230,14 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
         out[item["Key"]] = [head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")]
 print(json.dumps(out))
 "#;
+    serde_json::from_str(&boto3(HEAD_ALL, &[&s3.endpoint, BUCKET, prefix])).expect("JSON from boto3")
+}
+
+/// What a boto3 `script` (run by moto's venv with `args`) printed, trimmed.
+fn boto3(script: &str, args: &[&str]) -> String {
     let output = Command::new(tools_python())
-        .args(["-c", HEAD_ALL, &s3.endpoint, BUCKET, prefix])
+        .args(["-c", script])
+        .args(args)
         .output()
         .expect("python with boto3");
     assert!(
@@ -239,7 +245,7 @@ print(json.dumps(out))
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("JSON from boto3")
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// A KMS key made in moto's KMS, for SSE-KMS.
@@ -250,16 +256,7 @@ kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1",
                    aws_access_key_id="murmur-test", aws_secret_access_key="murmur-test-secret")
 print(kms.create_key(Description="murmur bucket")["KeyMetadata"]["Arn"])
 "#;
-    let output = Command::new(tools_python())
-        .args(["-c", CREATE, &s3.endpoint])
-        .output()
-        .expect("python with boto3");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    boto3(CREATE, &[&s3.endpoint])
 }
 
 #[test]
