@@ -10,15 +10,15 @@ features=(--workspace --all-features --locked)
 cargo run --quiet -p murmur-models --all-features --locked -- fetch --test-fixtures
 python3 scripts/make_corpus.py
 
-# Real peers for the tests: an S3-compatible server (moto), DuckDB, schemathesis (the API
-# conformance run) and the Kubernetes and compose schema validators from PyPI, in a venv of
-# their own; Debian's Chromium and ChromeDriver for the dashboard test; Debian's promtool for
-# the monitoring test.
+# Real peers for the tests: an S3-compatible server (moto), DuckDB, PyArrow (the reader of
+# encrypted exports), schemathesis (the API conformance run) and the Kubernetes and compose
+# schema validators from PyPI, in a venv of their own; Debian's Chromium and ChromeDriver for
+# the dashboard test; Debian's promtool for the monitoring test.
 tools="${MURMUR_TOOLS_DIR:-$HOME/.cache/murmur-tools}"
-if ! "$tools/venv/bin/python" -c 'import moto.server, duckdb, schemathesis, kubernetes_validate, check_jsonschema' 2>/dev/null; then
+if ! "$tools/venv/bin/python" -c 'import moto.server, duckdb, pyarrow, schemathesis, kubernetes_validate, check_jsonschema' 2>/dev/null; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'duckdb==1.4.1' \
-    'schemathesis==4.32.5' 'kubernetes-validate==1.37.0' 'check-jsonschema==0.39.0'
+    'pyarrow==26.0.1' 'schemathesis==4.32.5' 'kubernetes-validate==1.37.0' 'check-jsonschema==0.39.0'
 fi
 export MURMUR_TOOLS_PYTHON="$tools/venv/bin/python"
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -10,8 +10,9 @@
 //!
 //! With encryption at rest on, every file is written with Parquet modular encryption (AES-GCM,
 //! footer and every column under one key), under the key `murmur-manager parquet-key` prints:
-//! a subkey of the at-rest key that opens no segment. DuckDB 1.4.1 does not read these files
-//! back with it yet (docs/manager.md, "Encryption at rest").
+//! a subkey of the at-rest key that opens no segment. PyArrow reads them with it (tested);
+//! DuckDB's own reader does not, as it fails on encrypted LIST columns such as `tags`
+//! (docs/manager.md, "Encryption at rest").
 
 use std::{
     collections::{BTreeMap, HashMap},
