@@ -58,7 +58,8 @@ def main():
     root = tempfile.mkdtemp(prefix="murmur-backup-bench-")
     data = os.path.join(root, "agent")
     log = os.path.join(root, "agent.log")
-    agent = Agent(args.agent_bin, data, log)
+    # The backup's own log line carries how long it held the write lock.
+    agent = Agent(args.agent_bin, data, log, rust_log="warn,murmur_agent::service=info")
     agent.start()
     rng = np.random.default_rng(args.seed)
     try:

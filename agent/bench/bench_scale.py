@@ -71,8 +71,8 @@ def p50_ms(values):
 
 
 class Agent:
-    def __init__(self, binary, data, log):
-        self.binary, self.data, self.log = binary, data, log
+    def __init__(self, binary, data, log, rust_log="warn"):
+        self.binary, self.data, self.log, self.rust_log = binary, data, log, rust_log
         self.proc = None
         self.base = None
 
@@ -86,7 +86,7 @@ class Agent:
             [self.binary, "run", "--data-dir", self.data, "--api-addr", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "a"),
-            env={**os.environ, "RUST_LOG": "warn"},
+            env={**os.environ, "RUST_LOG": self.rust_log},
         )
         deadline = time.time() + 900
         while True:

@@ -47,6 +47,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn,murmur_sync=error".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Run {
