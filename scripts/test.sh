@@ -29,6 +29,15 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     exit 1
   fi
 fi
+# The container image test builds the manager's image with no daemon and reads it back.
+if ! command -v mmdebstrap >/dev/null || ! command -v umoci >/dev/null || ! command -v skopeo >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq mmdebstrap umoci skopeo >/dev/null
+  else
+    echo "the container image test needs mmdebstrap, umoci and skopeo: apt-get install mmdebstrap umoci skopeo" >&2
+    exit 1
+  fi
+fi
 # Prometheus's promtool for the monitoring test: Debian's package unpacked into the tools
 # directory (apt verifies it), not installed, so nothing is started and no root is needed.
 if command -v promtool >/dev/null; then

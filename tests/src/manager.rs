@@ -26,15 +26,8 @@ impl ManagerProcess {
     /// restarted manager reuses so agents find it again).
     pub fn start(data_dir: &Path, uplink_addr: &str, extra_args: &[&str]) -> Self {
         std::fs::create_dir_all(data_dir).expect("data dir");
-        for file in ["http.addr", "uplink.addr"] {
-            let _ = std::fs::remove_file(data_dir.join(file));
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("manager.log"))
-            .expect("log file");
-        let child = Command::new(crate::binaries::manager())
+        let mut command = Command::new(crate::binaries::manager());
+        command
             .args([
                 "run",
                 "--http-listen",
@@ -53,7 +46,22 @@ impl ManagerProcess {
                 "1",
             ])
             .args(extra_args)
-            .env("RUST_LOG", "info,ort=warn,murmur_manager=debug")
+            .env("RUST_LOG", "info,ort=warn,murmur_manager=debug");
+        Self::spawn(command, data_dir)
+    }
+
+    /// Starts `command`, a manager that writes its addresses into `data_dir` (as seen from
+    /// here), its log going to `manager.log` there; returns once it answers `/healthz`.
+    pub fn spawn(mut command: Command, data_dir: &Path) -> Self {
+        for file in ["http.addr", "uplink.addr"] {
+            let _ = std::fs::remove_file(data_dir.join(file));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("manager.log"))
+            .expect("log file");
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
