@@ -34,6 +34,13 @@ esac
 triple="$rust_arch-unknown-linux-gnu"
 target_dir="${CARGO_TARGET_DIR:-target}"
 
+if [ -z "$binary" ] && [ "$arch" = arm64 ]; then
+  # Debian 12's cross GCC (12) cannot inline the dot-product intrinsics under the per-function
+  # target pragmas of usearch's NumKong ("target specific option mismatch"), so its ARMv8.2
+  # dot-product kernels are left out; the NEON, FP16 and SVE ones stay, chosen at run time.
+  export NK_TARGET_NEONSDOT="${NK_TARGET_NEONSDOT:-0}"
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER:-aarch64-linux-gnu-gcc}"
+fi
 if [ -z "$binary" ]; then
   echo "building murmur-agent (profile dist, $triple)" >&2
   cargo build --locked --profile dist -p murmur-agent --target "$triple"

@@ -775,6 +775,10 @@ impl Store {
         }
         self.meta.insert(COUNTS_KEY, &scanned.encode())?;
         self.db.flush()?;
+        // A new, empty store has no counts yet: nothing to report.
+        if kept.is_none() && scanned == Counts::default() {
+            return Ok(None);
+        }
         Ok(Some(kept.unwrap_or_default()))
     }
 
@@ -923,6 +927,10 @@ mod tests {
     async fn wrong_or_missing_kept_counts_are_recounted_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        // A new store has nothing to report, and keeps the counts from then on.
+        store.meta.remove(COUNTS_KEY).unwrap();
+        assert_eq!(store.reconcile_counts().unwrap(), None);
+        assert!(store.meta.get(COUNTS_KEY).unwrap().is_some());
         store
             .insert(&[memory(1, "a"), memory(2, "a")], &[])
             .await
