@@ -21,6 +21,7 @@
 # are at hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bundle.sh
 
 binary=""
 models_bin=""
@@ -62,13 +63,7 @@ stage="$work/stage"
 install -d "$stage/usr/bin" "$stage$cache"
 install -m 0755 "$binary" "$stage/usr/bin/murmur-manager"
 strip --strip-all "$stage/usr/bin/murmur-manager"
-echo "bundling the model and ONNX Runtime" >&2
-if [ -n "$models_bin" ]; then
-  "$models_bin" bundle "$stage$cache" --arch "$(uname -m)" >&2
-else
-  cargo run --quiet --locked -p murmur-models --all-features -- bundle "$stage$cache" \
-    --arch "$(uname -m)" >&2
-fi
+bundle_models "$stage$cache" "$(uname -m)" "$models_bin"
 
 rm -rf "$out"
 mkdir -p "$(dirname "$out")"

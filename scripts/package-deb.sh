@@ -12,6 +12,7 @@
 # DIR/murmur-agent_<version>_<arch>.deb (DIR: target/debian) and prints its path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bundle.sh
 
 arch=$(dpkg --print-architecture)
 binary=""
@@ -78,15 +79,8 @@ Comment: ONNX Runtime, from Microsoft's onnxruntime PyPI wheel.
 License: MIT
 EOF
 
-# The model, tokenizer and runtime for the device's architecture, copied from this machine's
-# cache where verified there, downloaded otherwise.
-echo "bundling the model and ONNX Runtime for $rust_arch" >&2
-if [ -n "$models_bin" ]; then
-  "$models_bin" bundle "$root/usr/lib/murmur/cache" --arch "$rust_arch" >&2
-else
-  cargo run --quiet --locked -p murmur-models --all-features -- bundle "$root/usr/lib/murmur/cache" \
-    --arch "$rust_arch" >&2
-fi
+# The model, tokenizer and runtime for the device's architecture.
+bundle_models "$root/usr/lib/murmur/cache" "$rust_arch" "$models_bin"
 
 echo "/etc/murmur/agent.toml" > "$root/DEBIAN/conffiles"
 installed_kib=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
