@@ -5,8 +5,9 @@
 #   docker build -f deploy/manager.Dockerfile -t murmur/manager:0.1.0 .
 #
 # (or `buildah bud -f deploy/manager.Dockerfile .`, `podman build …`, `kaniko`: no daemon needed).
-# With no registry to pull the base images from, scripts/build-manager-image.sh builds the same
-# image from Debian's apt mirror into an OCI layout (docs/deploy.md).
+# With no registry to pull the base images from, scripts/build-manager-image.sh builds an image
+# with the same contents and configuration from Debian's apt mirror into an OCI layout
+# (docs/deploy.md).
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

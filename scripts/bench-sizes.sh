@@ -18,7 +18,7 @@ for bin in murmur-agent murmur-manager; do
     'BEGIN { printf "| %s | %.1f MB | %.1f MB | %.2f |\n", b, f / 1e6, s / 1e6, s / f }'
 done
 deb=$(bash scripts/package-deb.sh --binary "$target/release/murmur-agent" \
-  --models-bin "$target/release/murmur-models" --out "$work/deb" 2>/dev/null)
+  --models-bin "$target/release/murmur-models" --out "$work/deb")
 echo
 echo "| package | file | installed |"
 echo "|---|---:|---:|"
