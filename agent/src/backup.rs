@@ -8,19 +8,29 @@
 //!
 //! A reader checks the digest over the whole file before it trusts a byte of it, so a
 //! truncated, damaged or foreign file is refused before anything is restored.
+//!
+//! An agent encrypted at rest writes format 2: the same frames, plus one after the header that
+//! names the key's fingerprint, and every change and body payload (the shard included) sealed
+//! under the store's key, bound to its position in the file so no frame can be moved or
+//! dropped unseen. Header, end frame and digest stay clear: the structure of a sealed backup
+//! can be checked without the key, its contents read only with it.
 
 use std::{
     fs::File,
     io::{BufReader, BufWriter, Read, Write},
     path::Path,
+    sync::Arc,
 };
 
+use murmur_at_rest::Sealer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 const MAGIC: &[u8; 8] = b"MURMURBK";
 pub const FORMAT_VERSION: u32 = 1;
+/// Format 1 with sealed payloads (module docs).
+pub const SEALED_FORMAT_VERSION: u32 = 2;
 const DIGEST_BYTES: u64 = 32;
 /// No frame of a valid backup comes near this: a change or a record is bounded by the sync
 /// limits, far below. A length past it is damage, refused before anything is allocated.
@@ -30,6 +40,14 @@ const TAG_HEADER: u8 = 1;
 const TAG_CHANGE: u8 = 2;
 const TAG_BODY: u8 = 3;
 const TAG_END: u8 = 4;
+const TAG_SEALED_BY: u8 = 5;
+
+/// What a sealed payload is bound to, besides its position among the sealed frames.
+const SEAL_CONTEXT: &[u8] = b"murmur backup frame v2 ";
+
+fn frame_context(position: u64) -> Vec<u8> {
+    [SEAL_CONTEXT, &position.to_be_bytes()].concat()
+}
 
 #[derive(Debug, Error)]
 pub enum BackupError {
@@ -41,8 +59,24 @@ pub enum BackupError {
     },
     #[error("{path} is not a Murmur backup (no MURMURBK magic)")]
     NotABackup { path: String },
-    #[error("{path} is a backup of format {found}; this agent reads format {FORMAT_VERSION}")]
+    #[error(
+        "{path} is a backup of format {found}; this agent reads formats {FORMAT_VERSION} and {SEALED_FORMAT_VERSION}"
+    )]
     Version { path: String, found: u32 },
+    #[error(
+        "{path} is encrypted with key {fingerprint}: give that key (--backup-key-file, or the store's \
+         --encryption-key-file when it is the same)"
+    )]
+    KeyMissing { path: String, fingerprint: String },
+    #[error(
+        "{path} is encrypted with key {fingerprint}, not with the key given ({given}): give the key it \
+         was sealed under with --backup-key-file"
+    )]
+    WrongKey {
+        path: String,
+        fingerprint: String,
+        given: String,
+    },
     #[error("{path} is damaged at byte {offset}: {reason}")]
     Damaged {
         path: String,
@@ -78,6 +112,8 @@ pub struct Header {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub header: Header,
+    /// The fingerprint of the key the contents are sealed under; none in a clear backup.
+    pub sealed_by: Option<String>,
     pub changes: u64,
     pub bodies: u64,
     pub bytes: u64,
@@ -102,25 +138,35 @@ pub struct Writer<W: Write> {
     out: W,
     hasher: Sha256,
     header: Header,
+    sealer: Option<Arc<Sealer>>,
     changes: u64,
     bodies: u64,
     bytes: u64,
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(out: W, header: Header) -> Result<Self> {
+    /// A backup whose contents are sealed under `sealer`'s key when one is given.
+    pub fn new(out: W, header: Header, sealer: Option<Arc<Sealer>>) -> Result<Self> {
+        let version = match sealer {
+            Some(_) => SEALED_FORMAT_VERSION,
+            None => FORMAT_VERSION,
+        };
         let mut writer = Self {
             out,
             hasher: Sha256::new(),
             header: header.clone(),
+            sealer,
             changes: 0,
             bodies: 0,
             bytes: 0,
         };
         let mut start = MAGIC.to_vec();
-        start.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        start.extend_from_slice(&version.to_be_bytes());
         writer.raw(&start)?;
         writer.frame(TAG_HEADER, &[&encode(&header)?])?;
+        if let Some(fingerprint) = writer.sealer.as_ref().map(|s| s.fingerprint().to_string()) {
+            writer.frame(TAG_SEALED_BY, &[fingerprint.as_bytes()])?;
+        }
         Ok(writer)
     }
 
@@ -132,13 +178,31 @@ impl<W: Write> Writer<W> {
                 reason: "a change after a body".into(),
             });
         }
+        self.content(TAG_CHANGE, &[&shard.to_be_bytes(), change])?;
         self.changes += 1;
-        self.frame(TAG_CHANGE, &[&shard.to_be_bytes(), change])
+        Ok(())
     }
 
     pub fn body(&mut self, record: &[u8]) -> Result<()> {
+        self.content(TAG_BODY, &[record])?;
         self.bodies += 1;
-        self.frame(TAG_BODY, &[record])
+        Ok(())
+    }
+
+    /// A change or body frame, its payload sealed when the backup is.
+    fn content(&mut self, tag: u8, parts: &[&[u8]]) -> Result<()> {
+        let Some(sealer) = &self.sealer else {
+            return self.frame(tag, parts);
+        };
+        let position = self.changes + self.bodies;
+        let sealed = sealer
+            .seal(&parts.concat(), &frame_context(position))
+            .map_err(|e| BackupError::Damaged {
+                path: "(being written)".into(),
+                offset: self.bytes,
+                reason: format!("sealing a frame: {e}"),
+            })?;
+        self.frame(tag, &[&sealed])
     }
 
     /// Writes the end frame and the digest; returns the writer's output and what it holds.
@@ -153,6 +217,7 @@ impl<W: Write> Writer<W> {
         self.out.flush().map_err(io("writing the backup"))?;
         let summary = Summary {
             header: self.header,
+            sealed_by: self.sealer.as_ref().map(|s| s.fingerprint().to_string()),
             changes: self.changes,
             bodies: self.bodies,
             bytes: self.bytes + DIGEST_BYTES,
@@ -196,16 +261,56 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
-/// Checks a backup file whole (structure, counts and digest) without applying anything.
+/// Checks a backup file whole (structure, counts and digest) without applying anything; a
+/// sealed backup's contents are not opened, so no key is needed.
 pub fn verify_file(path: &Path) -> Result<Summary> {
-    read_file(path, |_| Ok(()))
+    read(path, Contents::Skip, |_| Ok(()))
+}
+
+/// Refuses `sealer` (or its absence) unless it opens the backup `summary` describes.
+pub fn check_key(path: &Path, summary: &Summary, sealer: Option<&Sealer>) -> Result<()> {
+    let Some(fingerprint) = &summary.sealed_by else {
+        return Ok(());
+    };
+    let path = path.display().to_string();
+    match sealer {
+        None => Err(BackupError::KeyMissing {
+            path,
+            fingerprint: fingerprint.clone(),
+        }),
+        Some(sealer) if sealer.fingerprint() != fingerprint => Err(BackupError::WrongKey {
+            path,
+            fingerprint: fingerprint.clone(),
+            given: sealer.fingerprint().to_string(),
+        }),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Reads a backup and hands each item to `apply`, in order; then checks the end frame and the
 /// digest. Callers that must not act on a damaged file run [`verify_file`] first: the digest
-/// is known only at the end. `apply`'s errors stop the read and come back as they are.
+/// is known only at the end. A sealed backup needs the key it was sealed under, refused
+/// before any item otherwise. `apply`'s errors stop the read and come back as they are.
 pub fn read_file<E: From<BackupError>>(
     path: &Path,
+    sealer: Option<&Sealer>,
+    apply: impl FnMut(Item) -> std::result::Result<(), E>,
+) -> std::result::Result<Summary, E> {
+    read(path, Contents::Open(sealer), apply)
+}
+
+/// What a read does with the change and body frames.
+#[derive(Clone, Copy)]
+enum Contents<'a> {
+    /// Counts them: the structure and digest are all that is checked.
+    Skip,
+    /// Opens (where sealed) and parses them, for `apply`.
+    Open(Option<&'a Sealer>),
+}
+
+fn read<E: From<BackupError>>(
+    path: &Path,
+    contents: Contents<'_>,
     mut apply: impl FnMut(Item) -> std::result::Result<(), E>,
 ) -> std::result::Result<Summary, E> {
     let shown = path.display().to_string();
@@ -235,7 +340,7 @@ pub fn read_file<E: From<BackupError>>(
         return Err(BackupError::NotABackup { path: shown.clone() }.into());
     }
     let version = u32::from_be_bytes([start[8], start[9], start[10], start[11]]);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != SEALED_FORMAT_VERSION {
         return Err(BackupError::Version {
             path: shown.clone(),
             found: version,
@@ -247,6 +352,40 @@ pub fn read_file<E: From<BackupError>>(
         return Err(damaged(12, format!("frame of kind {tag} where the header belongs")).into());
     }
     let header: Header = postcard::from_bytes(&payload).map_err(|e| damaged(12, format!("header: {e}")))?;
+    let sealed_by = if version == SEALED_FORMAT_VERSION {
+        let at = reader.offset;
+        let (tag, payload) = reader.frame(body_end)?;
+        if tag != TAG_SEALED_BY {
+            return Err(damaged(
+                at,
+                format!("frame of kind {tag} where the key's fingerprint belongs"),
+            )
+            .into());
+        }
+        let fingerprint = String::from_utf8(payload)
+            .map_err(|_| damaged(at, "the key's fingerprint is not text".into()))?;
+        Some(fingerprint)
+    } else {
+        None
+    };
+    let mut summary = Summary {
+        header,
+        sealed_by,
+        changes: 0,
+        bodies: 0,
+        bytes: len,
+        sha256: String::new(),
+    };
+    // Items go to `apply` only when opening; a sealed payload is opened only then.
+    let (deliver, opener) = match contents {
+        Contents::Skip => (false, None),
+        Contents::Open(sealer) => {
+            check_key(path, &summary, sealer)?;
+            (true, sealer.filter(|_| summary.sealed_by.is_some()))
+        }
+    };
+    let readable = deliver || summary.sealed_by.is_none();
+    let header = &summary.header;
     let (mut changes, mut bodies) = (0u64, 0u64);
     let end = loop {
         if reader.offset >= body_end {
@@ -254,10 +393,25 @@ pub fn read_file<E: From<BackupError>>(
         }
         let at = reader.offset;
         let (tag, payload) = reader.frame(body_end)?;
+        let payload = match (tag, opener) {
+            (TAG_CHANGE | TAG_BODY, Some(sealer)) => sealer
+                .open(&payload, &frame_context(changes + bodies))
+                .map_err(|_| {
+                    damaged(
+                        at,
+                        "a sealed frame does not open: damaged, moved or from another backup".into(),
+                    )
+                })?,
+            _ => payload,
+        };
         match tag {
             TAG_CHANGE => {
                 if bodies > 0 {
                     return Err(damaged(at, "a change after a body".into()).into());
+                }
+                if !readable {
+                    changes += 1;
+                    continue;
                 }
                 let Some((shard, bytes)) = payload.split_first_chunk::<2>() else {
                     return Err(damaged(at, "a change frame without its shard".into()).into());
@@ -270,14 +424,18 @@ pub fn read_file<E: From<BackupError>>(
                     .into());
                 }
                 changes += 1;
-                apply(Item::Change {
-                    shard: u16::from_be_bytes(*shard),
-                    bytes: bytes.to_vec(),
-                })?;
+                if deliver {
+                    apply(Item::Change {
+                        shard: u16::from_be_bytes(*shard),
+                        bytes: bytes.to_vec(),
+                    })?;
+                }
             }
             TAG_BODY => {
                 bodies += 1;
-                apply(Item::Body(payload))?;
+                if deliver {
+                    apply(Item::Body(payload))?;
+                }
             }
             TAG_END => {
                 let end: End =
@@ -315,13 +473,10 @@ pub fn read_file<E: From<BackupError>>(
         }
         .into());
     }
-    Ok(Summary {
-        header,
-        changes,
-        bodies,
-        bytes: len,
-        sha256: actual,
-    })
+    summary.changes = changes;
+    summary.bodies = bodies;
+    summary.sha256 = actual;
+    Ok(summary)
 }
 
 struct Reader {
@@ -391,7 +546,11 @@ mod tests {
     }
 
     fn write_sample(path: &Path) -> Summary {
-        let mut writer = Writer::new(create(path).expect("create"), header()).expect("writer");
+        write_sample_sealed(path, None)
+    }
+
+    fn write_sample_sealed(path: &Path, sealer: Option<Arc<Sealer>>) -> Summary {
+        let mut writer = Writer::new(create(path).expect("create"), header(), sealer).expect("writer");
         writer.change(1, b"change one").expect("change");
         writer.change(3, b"change two").expect("change");
         writer.body(b"a body").expect("body");
@@ -406,7 +565,7 @@ mod tests {
         let path = dir.path().join("b");
         let written = write_sample(&path);
         let mut items = Vec::new();
-        let read = read_file::<BackupError>(&path, |item| {
+        let read = read_file::<BackupError>(&path, None, |item| {
             items.push(format!("{item:?}"));
             Ok(())
         })
@@ -416,6 +575,58 @@ mod tests {
         assert_eq!(read.bytes, std::fs::metadata(&path).expect("meta").len());
         assert_eq!(items.len(), 3);
         assert!(items[0].contains("shard: 1"), "{items:?}");
+    }
+
+    #[test]
+    fn a_sealed_backup_holds_no_clear_content_and_opens_only_under_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b");
+        let sealer = Arc::new(Sealer::new(&[9; 32]));
+        let written = write_sample_sealed(&path, Some(Arc::clone(&sealer)));
+        let bytes = std::fs::read(&path).expect("read");
+        for clear in [&b"change one"[..], b"change two", b"a body"] {
+            assert!(
+                !bytes.windows(clear.len()).any(|w| w == clear),
+                "{clear:?} is in the file"
+            );
+        }
+        // Its structure checks without the key; its contents need it.
+        let verified = verify_file(&path).expect("verify");
+        assert_eq!(verified, written);
+        assert_eq!(verified.sealed_by.as_deref(), Some(sealer.fingerprint()));
+        let mut items = Vec::new();
+        read_file::<BackupError>(&path, Some(&sealer), |item| {
+            items.push(format!("{item:?}"));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(items.len(), 3);
+        assert!(items[0].contains("shard: 1"), "{items:?}");
+        let none = read_file::<BackupError>(&path, None, |_| panic!("an item without the key"));
+        assert!(matches!(none, Err(BackupError::KeyMissing { .. })), "{none:?}");
+        let other = Sealer::new(&[8; 32]);
+        let wrong = read_file::<BackupError>(&path, Some(&other), |_| panic!("an item under another key"));
+        assert!(matches!(wrong, Err(BackupError::WrongKey { .. })), "{wrong:?}");
+
+        // Two sealed frames swapped (lengths equal, so the structure still holds): refused.
+        let first = bytes
+            .windows(4)
+            .position(|w| w == [TAG_CHANGE, 0, 0, 0])
+            .expect("a change frame");
+        let len = u32::from_be_bytes(bytes[first + 1..first + 5].try_into().expect("len")) as usize;
+        let second = first + 5 + len;
+        assert_eq!(bytes[second], TAG_CHANGE);
+        let mut swapped = bytes.clone();
+        swapped[first..second].copy_from_slice(&bytes[second..second + (second - first)]);
+        swapped[second..second + (second - first)].copy_from_slice(&bytes[first..second]);
+        let body_end = swapped.len() - DIGEST_BYTES as usize;
+        let digest = Sha256::digest(&swapped[..body_end]);
+        swapped[body_end..].copy_from_slice(&digest);
+        let moved = dir.path().join("moved");
+        std::fs::write(&moved, &swapped).expect("write");
+        verify_file(&moved).expect("the structure is intact");
+        let error = read_file::<BackupError>(&moved, Some(&sealer), |_| Ok(())).expect_err("swapped");
+        assert!(error.to_string().contains("does not open"), "{error}");
     }
 
     #[test]

@@ -86,6 +86,11 @@ enum Command {
         /// Replace a store already in the data directory.
         #[arg(long)]
         replace: bool,
+        /// The key an encrypted backup was sealed under, when it is not the store's
+        /// (`--encryption-key-file`): to rotate the key, restore the old key's backup under
+        /// the new one.
+        #[arg(long)]
+        backup_key_file: Option<PathBuf>,
     },
     /// Bulk-import memories: one text per line, or JSON lines ({"text": .., "tags": ..}).
     Import {
@@ -172,10 +177,12 @@ fn main() -> Result<()> {
             backup,
             identity_key,
             replace,
+            backup_key_file,
         } => {
             let options = murmur_agent::restore::RestoreOptions {
                 identity_key,
                 replace,
+                backup_key_file,
             };
             let restored = murmur_agent::restore::restore(config_from(run)?, &backup, options)?;
             println!("{}", serde_json::to_string_pretty(&restored)?);

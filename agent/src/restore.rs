@@ -45,6 +45,9 @@ pub struct RestoreOptions {
     pub identity_key: Option<PathBuf>,
     /// Replace a store already in the target directory.
     pub replace: bool,
+    /// The key an encrypted backup was sealed under, when it is not the store's own
+    /// (`[encryption]`): a key rotation restores an old key's backup under a new key.
+    pub backup_key_file: Option<PathBuf>,
 }
 
 /// What a restore brought back.
@@ -68,6 +71,11 @@ pub struct Restored {
 pub fn restore(config: AgentConfig, backup_path: &Path, options: RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
     let verified = backup::verify_file(backup_path).context("checking the backup")?;
+    let backup_sealer = match &options.backup_key_file {
+        Some(path) => Some(murmur_at_rest::Sealer::from_key_file(path)?),
+        None => config.encryption.sealer().context("loading the encryption key")?,
+    };
+    backup::check_key(backup_path, &verified, backup_sealer.as_ref())?;
     let target = config.data_dir.clone();
     ensure!(
         verified.header.shards == config.sync.shards,
@@ -116,7 +124,7 @@ pub fn restore(config: AgentConfig, backup_path: &Path, options: RestoreOptions)
         );
     }
 
-    let restored = fill(&config, &staging, backup_path, &verified);
+    let restored = fill(&config, &staging, backup_path, &verified, backup_sealer.as_ref());
     let restored = match restored {
         Ok(restored) => restored,
         Err(error) => {
@@ -142,6 +150,7 @@ fn fill(
     staging: &Path,
     backup_path: &Path,
     verified: &backup::Summary,
+    backup_sealer: Option<&murmur_at_rest::Sealer>,
 ) -> Result<Restored> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,7 +179,7 @@ fn fill(
         progress.inc(count);
         Ok(())
     };
-    let read = backup::read_file::<AgentError>(backup_path, |item| match item {
+    let read = backup::read_file::<AgentError>(backup_path, backup_sealer, |item| match item {
         Item::Change { shard, bytes } => {
             let change = SignedChange::decode(&bytes)
                 .map_err(|e| AgentError::invalid(format!("a change of shard {shard} in the backup: {e}")))?;

@@ -853,7 +853,7 @@ impl Agent {
             created_ms: now_ms(),
             model_id: self.embedder.model_id().to_string(),
         };
-        let mut writer = backup::Writer::new(backup::create(path)?, header)?;
+        let mut writer = backup::Writer::new(backup::create(path)?, header, self.sealer.clone())?;
         let started = Instant::now();
         let ids = {
             let _guard = self.write_lock.blocking_lock();

@@ -1,7 +1,8 @@
 //! Encryption at rest on the agent: with a key, a memory's text and vector are in no raw file
 //! of the data directory (a control agent without one shows the same scan finds them); the
 //! store refuses a start without its key, with another key, and a key over a store written in
-//! the clear; and a key is rotated by a backup restored under the new key.
+//! the clear; its backups are sealed too; and a key is rotated by a backup restored under the
+//! new key.
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
@@ -79,19 +80,36 @@ fn with_a_key_no_raw_file_holds_a_memory_and_the_store_refuses_any_other_key() {
         sealed.log()
     );
 
-    // Rotation: a backup of the running agent restored under the new key.
+    // Rotation: a backup of the running agent (sealed under the old key, so it holds no
+    // memory in the clear either) restored under the new key.
     let backups = dir.path().join("backups");
     let (path, _) = sealed.client.backup_into(&backups).expect("backup");
     sealed.stop();
+    let found = find(&backups, &needles);
+    assert!(
+        found.is_empty(),
+        "the backup of an encrypted agent holds {found:?}"
+    );
     let rotated_dir = dir.path().join("rotated");
-    let output = Command::new(binaries::agent())
-        .args(["restore", "--data-dir", rotated_dir.to_str().unwrap()])
-        .args(["--encryption-key-file", &new_key, "--identity-key"])
-        .arg(sealed_dir.join("identity.key"))
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let restore = |extra: &[&str]| {
+        Command::new(binaries::agent())
+            .args(["restore", "--data-dir", rotated_dir.to_str().unwrap()])
+            .args(["--encryption-key-file", &new_key, "--identity-key"])
+            .arg(sealed_dir.join("identity.key"))
+            .args(extra)
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = restore(&[]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && error.contains("--backup-key-file"),
+        "restored a backup sealed under the old key with only the new one: {error}"
+    );
+    assert!(!rotated_dir.join("db").exists(), "a refused restore left a store");
+    let output = restore(&["--backup-key-file", &key]);
     assert!(
         output.status.success(),
         "{}",
