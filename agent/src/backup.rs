@@ -12,8 +12,10 @@
 //! An agent encrypted at rest writes format 2: the same frames, plus one after the header that
 //! names the key's fingerprint, and every change and body payload (the shard included) sealed
 //! under the store's key, bound to its position in the file so no frame can be moved or
-//! dropped unseen. Header, end frame and digest stay clear: the structure of a sealed backup
-//! can be checked without the key, its contents read only with it.
+//! dropped unseen; a sealed copy of the end counts, bound to the position after the last
+//! item, closes them, so neither can the tail be cut. Header, end frame and digest stay clear:
+//! the structure of a sealed backup can be checked without the key, its contents read only
+//! with it.
 
 use std::{
     fs::File,
@@ -41,6 +43,7 @@ const TAG_CHANGE: u8 = 2;
 const TAG_BODY: u8 = 3;
 const TAG_END: u8 = 4;
 const TAG_SEALED_BY: u8 = 5;
+const TAG_SEALED_END: u8 = 6;
 
 /// What a sealed payload is bound to, besides its position among the sealed frames.
 const SEAL_CONTEXT: &[u8] = b"murmur backup frame v2 ";
@@ -211,6 +214,9 @@ impl<W: Write> Writer<W> {
             changes: self.changes,
             bodies: self.bodies,
         })?;
+        if self.sealer.is_some() {
+            self.content(TAG_SEALED_END, &[&end])?;
+        }
         self.frame(TAG_END, &[&end])?;
         let digest = self.hasher.finalize_reset();
         self.out.write_all(&digest).map_err(io("writing the backup"))?;
@@ -387,6 +393,7 @@ fn read<E: From<BackupError>>(
     let readable = deliver || summary.sealed_by.is_none();
     let header = &summary.header;
     let (mut changes, mut bodies) = (0u64, 0u64);
+    let mut sealed_end: Option<(u64, Vec<u8>)> = None;
     let end = loop {
         if reader.offset >= body_end {
             return Err(damaged(reader.offset, "the file ends before its end frame".into()).into());
@@ -394,7 +401,7 @@ fn read<E: From<BackupError>>(
         let at = reader.offset;
         let (tag, payload) = reader.frame(body_end)?;
         let payload = match (tag, opener) {
-            (TAG_CHANGE | TAG_BODY, Some(sealer)) => sealer
+            (TAG_CHANGE | TAG_BODY | TAG_SEALED_END, Some(sealer)) => sealer
                 .open(&payload, &frame_context(changes + bodies))
                 .map_err(|_| {
                     damaged(
@@ -404,6 +411,9 @@ fn read<E: From<BackupError>>(
                 })?,
             _ => payload,
         };
+        if sealed_end.is_some() && tag != TAG_END {
+            return Err(damaged(at, format!("frame of kind {tag} after the sealed end")).into());
+        }
         match tag {
             TAG_CHANGE => {
                 if bodies > 0 {
@@ -437,9 +447,23 @@ fn read<E: From<BackupError>>(
                     apply(Item::Body(payload))?;
                 }
             }
+            TAG_SEALED_END if summary.sealed_by.is_some() => {
+                sealed_end = Some((at, payload));
+            }
             TAG_END => {
                 let end: End =
                     postcard::from_bytes(&payload).map_err(|e| damaged(at, format!("end frame: {e}")))?;
+                if summary.sealed_by.is_some() {
+                    let Some((sealed_at, sealed)) = sealed_end else {
+                        return Err(damaged(at, "a sealed backup without its sealed end".into()).into());
+                    };
+                    // Opened only when reading contents; its counts must be the clear ones.
+                    if readable && sealed != payload {
+                        return Err(
+                            damaged(sealed_at, "the sealed end differs from the end frame".into()).into(),
+                        );
+                    }
+                }
                 break end;
             }
             other => return Err(damaged(at, format!("unknown frame kind {other}")).into()),
@@ -626,6 +650,39 @@ mod tests {
         std::fs::write(&moved, &swapped).expect("write");
         verify_file(&moved).expect("the structure is intact");
         let error = read_file::<BackupError>(&moved, Some(&sealer), |_| Ok(())).expect_err("swapped");
+        assert!(error.to_string().contains("does not open"), "{error}");
+
+        // The tail cut (the body dropped, the clear end frame and the digest made to agree):
+        // the structure holds, the sealed end does not open where it now stands.
+        let mut cut = bytes[..12].to_vec();
+        let mut at = 12;
+        while at < body_end {
+            let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().expect("len")) as usize;
+            match bytes[at] {
+                TAG_BODY => {}
+                TAG_END => {
+                    let end = encode(&End {
+                        changes: 2,
+                        bodies: 0,
+                    })
+                    .expect("encode");
+                    cut.push(TAG_END);
+                    cut.extend_from_slice(&(end.len() as u32).to_be_bytes());
+                    cut.extend_from_slice(&end);
+                }
+                _ => cut.extend_from_slice(&bytes[at..at + 5 + len]),
+            }
+            at += 5 + len;
+        }
+        let digest = Sha256::digest(&cut);
+        cut.extend_from_slice(&digest);
+        let shortened = dir.path().join("shortened");
+        std::fs::write(&shortened, &cut).expect("write");
+        assert_eq!(
+            verify_file(&shortened).expect("the structure is intact").bodies,
+            0
+        );
+        let error = read_file::<BackupError>(&shortened, Some(&sealer), |_| Ok(())).expect_err("cut");
         assert!(error.to_string().contains("does not open"), "{error}");
     }
 
