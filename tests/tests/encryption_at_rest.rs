@@ -271,11 +271,10 @@ fn an_encrypted_manager_seals_its_bucket_and_exports_and_copies_into_a_new_key()
     // under `parquet-key` (and refuses another key), and DuckDB queries what Arrow decrypted.
     let base = ["--data-dir", sealed_dir.to_str().unwrap()];
     let parquet_key = manager_says(&[&["parquet-key"][..], &base, &["--encryption-key-file", &key]].concat());
-    let parquet_key = parquet_key.trim();
     assert_eq!(parquet_key.len(), 32, "{parquet_key}");
     let refused = duckdb_refusal(&bucket, None);
     assert!(refused.to_lowercase().contains("encrypt"), "{refused}");
-    let (texts, _) = read_encrypted_export(&bucket, parquet_key);
+    let (texts, _) = read_encrypted_export(&bucket, &parquet_key);
     assert_eq!(texts.len(), 61, "{texts:?}");
     assert!(texts.iter().any(|t| t == marker), "{texts:?}");
     let (texts, error) = read_encrypted_export(&bucket, &"0".repeat(32));
@@ -285,7 +284,7 @@ fn an_encrypted_manager_seals_its_bucket_and_exports_and_copies_into_a_new_key()
     );
     // What docs/manager.md says of DuckDB's own reader given the key: when a DuckDB upgrade
     // reads the export, this fails and the docs' recipe can be simplified.
-    let refused = duckdb_refusal(&bucket, Some(parquet_key));
+    let refused = duckdb_refusal(&bucket, Some(&parquet_key));
     assert!(refused.contains("AES tag"), "{refused}");
 
     // A manager without the key, or with another, is refused before it reads anything.
