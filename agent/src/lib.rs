@@ -2,6 +2,7 @@
 //! meaning, over a local HTTP API. See docs/ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod attrs;
 pub mod backup;
 pub mod body_file;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod replica;
 pub mod restore;
 pub mod server;
 pub mod service;
+pub mod state_file;
 pub mod store;
 pub mod swarm;
 pub mod time;

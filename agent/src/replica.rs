@@ -8,8 +8,8 @@ use std::sync::{
 };
 
 use murmur_sync::{
-    AuthorKey, BodyRequest, Config as SyncConfig, Engine, Event, MemoryDraft, MemoryId, MemoryRecord,
-    Persist, RecordLimits, Signatures, SigningKey, Tombstone, Transmit, WriteError,
+    AuthorKey, BodyRequest, Config as SyncConfig, Engine, Event, LoadError, MemoryDraft, MemoryId,
+    MemoryRecord, Persist, RecordLimits, Signatures, SigningKey, Tombstone, Transmit, WriteError,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -96,9 +96,20 @@ fn seed() -> u64 {
 }
 
 impl Replica {
-    /// Rebuilds the engine from the changes in the store (re-verifying each one).
+    /// Rebuilds the engine from the changes in the store.
     pub fn load(store: &Store, config: SyncConfig, key: SigningKey) -> Result<Self> {
-        let engine = Self::load_engine(store, &config, &key)?;
+        Self::resume(store, config, key, None)
+    }
+
+    /// Rebuilds the engine from a saved snapshot and the changes stored after it, or from all
+    /// the store's changes where there is no snapshot or it cannot be used (said in the log).
+    pub fn resume(
+        store: &Store,
+        config: SyncConfig,
+        key: SigningKey,
+        saved: Option<(&[u8], u64)>,
+    ) -> Result<Self> {
+        let engine = Self::load_engine(store, &config, &key, saved)?;
         Ok(Self {
             engine: Mutex::new(engine),
             config,
@@ -107,9 +118,49 @@ impl Replica {
         })
     }
 
-    fn load_engine(store: &Store, config: &SyncConfig, key: &SigningKey) -> Result<Engine<PeerKey>> {
-        let changes = store.sync_changes()?;
+    /// `saved`: a snapshot's bytes, and the change mark taken with it.
+    fn load_engine(
+        store: &Store,
+        config: &SyncConfig,
+        key: &SigningKey,
+        saved: Option<(&[u8], u64)>,
+    ) -> Result<Engine<PeerKey>> {
         // A store read error here counts as not held: the body is asked for from peers again.
+        let held = |id: &MemoryId| store.holds(id.as_uuid()).unwrap_or(false);
+        let corrupt = |e: LoadError| AgentError::CorruptRecord {
+            key: "sync_changes".into(),
+            reason: e.to_string(),
+        };
+        if let Some((snapshot, mark)) = saved {
+            let newer = store.sync_changes_since(mark, config.shards)?;
+            let replayed = newer.len();
+            match Engine::resume(
+                config.clone(),
+                key.clone(),
+                seed(),
+                now_ms(),
+                snapshot,
+                newer,
+                Signatures::Trusted,
+                held,
+            ) {
+                Ok(engine) if engine.visible_count() as u64 == store.counts()?.memories => {
+                    tracing::debug!(replayed, "replica resumed from its saved snapshot");
+                    return Ok(engine);
+                }
+                Ok(engine) => tracing::warn!(
+                    shown = engine.visible_count(),
+                    stored = store.counts()?.memories,
+                    "the saved replica snapshot disagrees with the store; replaying every stored change"
+                ),
+                Err(LoadError::BadSnapshot(reason)) => tracing::warn!(
+                    %reason,
+                    "the saved replica snapshot is not usable; replaying every stored change"
+                ),
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        let changes = store.sync_changes()?;
         Engine::load(
             config.clone(),
             key.clone(),
@@ -117,12 +168,9 @@ impl Replica {
             now_ms(),
             changes,
             Signatures::Trusted,
-            |id| store.holds(id.as_uuid()).unwrap_or(false),
+            held,
         )
-        .map_err(|e| AgentError::CorruptRecord {
-            key: "sync_changes".into(),
-            reason: e.to_string(),
-        })
+        .map_err(corrupt)
     }
 
     /// Answers peers that asked for bodies, from what the store holds. Called after what
@@ -147,7 +195,7 @@ impl Replica {
     /// After a failed store write the engine may hold changes the store does not: throw them
     /// away, or they would be synced to peers and then lost at the next restart.
     pub fn reload(&self, store: &Store) -> Result<()> {
-        let engine = Self::load_engine(store, &self.config, &self.key)?;
+        let engine = Self::load_engine(store, &self.config, &self.key, None)?;
         *self.lock() = engine;
         Ok(())
     }

@@ -64,7 +64,7 @@ async fn save_periodically(agent: Arc<Agent>, every: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(error) = agent.save_index_if_dirty().await {
+        if let Err(error) = agent.save_if_dirty().await {
             tracing::warn!(%error, "saving the vector index failed; it will be rebuilt at start if needed");
         }
     }

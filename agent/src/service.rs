@@ -2,7 +2,6 @@
 //! that keeps them consistent. Transport-agnostic; `api.rs` puts HTTP in front of it.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{
         Arc, RwLock,
@@ -16,15 +15,17 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
+    attrs::Attrs,
     config::AgentConfig,
     error::{AgentError, Result},
-    filter::{Filter, FilterAttrs, FilterRequest, Interner},
+    filter::{Filter, FilterRequest},
     identity::Identity,
     index::VectorIndex,
     memory::{Memory, NewMemory, StoredMemory, validate_namespace, validate_text, validate_vector},
     metrics::Metrics,
     progress::Progress,
     replica::{self, Replica, SyncStatus},
+    state_file::SavedState,
     store::{Lookup, Store},
     time::now_ms,
 };
@@ -116,37 +117,6 @@ pub struct Agent {
     pub metrics: Metrics,
 }
 
-/// What searches filter on, per index label, and how many live memories each namespace holds
-/// (kept as memories come and go, so stats never walk the labels).
-#[derive(Default)]
-struct Attrs {
-    by_label: HashMap<u64, FilterAttrs>,
-    interner: Interner,
-    namespace_counts: HashMap<Arc<str>, usize>,
-}
-
-impl Attrs {
-    fn insert(&mut self, memory: &Memory) {
-        let entry = self.interner.attrs(memory);
-        let namespace = entry.namespace.clone();
-        if self.by_label.insert(memory.label, entry).is_none() {
-            *self.namespace_counts.entry(namespace).or_insert(0) += 1;
-        }
-    }
-
-    fn remove(&mut self, label: u64) {
-        let Some(entry) = self.by_label.remove(&label) else {
-            return;
-        };
-        if let Some(count) = self.namespace_counts.get_mut(&entry.namespace) {
-            *count -= 1;
-            if *count == 0 {
-                self.namespace_counts.remove(&entry.namespace);
-            }
-        }
-    }
-}
-
 impl Agent {
     /// Opens (or creates) the agent's data directory: identity, store, model, index.
     pub fn open(config: AgentConfig) -> anyhow::Result<Arc<Self>> {
@@ -169,10 +139,18 @@ impl Agent {
             store.set_catching_up(true)?;
         }
         replica::check_limits(&config.limits)?;
-        let replica = Replica::load(
+        let saved = match SavedState::read(dir, sealer.as_deref()) {
+            Ok(saved) => saved,
+            Err(reason) => {
+                tracing::warn!(%reason, "the saved state is not usable; rebuilding it from the store");
+                None
+            }
+        };
+        let replica = Replica::resume(
             &store,
             config.sync.engine_config()?,
             identity.signing_key().clone(),
+            saved.as_ref().map(|s| (&s.replica[..], s.change_mark)),
         )
         .context("loading the swarm state")?;
         if store.is_catching_up()? {
@@ -237,8 +215,29 @@ impl Agent {
             Ok(index) => (Some(index), None),
             Err(reason) => (None, Some(reason)),
         };
-        let mut attrs = Attrs::default();
         let rebuilding = index.is_none();
+        // The saved filter facts stand for exactly one generation of the store.
+        let saved_attrs = match saved {
+            Some(saved) if saved.generation == generation && !rebuilding => match Attrs::decode(&saved.attrs)
+            {
+                Ok(attrs) if attrs.len() == held => Some(attrs),
+                Ok(attrs) => {
+                    tracing::warn!(
+                        saved = attrs.len(),
+                        held,
+                        "saved filter facts disagree with the store; rebuilding them"
+                    );
+                    None
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "saved filter facts unreadable; rebuilding them");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let walk = saved_attrs.is_none();
+        let mut attrs = saved_attrs.unwrap_or_default();
         let index = match index {
             Some(index) => index,
             None => VectorIndex::new(embedder.dimension(), config.index)?,
@@ -256,17 +255,22 @@ impl Agent {
         );
         let started = Instant::now();
         let mut skipped = 0usize;
-        for memory in store.iter() {
-            let memory = memory?;
-            if rebuilding {
-                if memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension() {
-                    index.add(memory.label, &memory.vector)?;
-                } else {
-                    skipped += 1;
+        if walk {
+            // Only without saved filter facts, or with an index to rebuild: a read of every memory.
+            for memory in store.iter() {
+                let memory = memory?;
+                if rebuilding {
+                    if memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension() {
+                        index.add(memory.label, &memory.vector)?;
+                    } else {
+                        skipped += 1;
+                    }
+                    progress.inc(1);
                 }
-                progress.inc(1);
+                attrs.insert(&memory);
             }
-            attrs.insert(&memory);
+        } else {
+            store.verify_bodies().context("checking the database")?;
         }
         progress.finish();
         if skipped > 0 {
@@ -299,7 +303,8 @@ impl Agent {
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
             index_save_lock: tokio::sync::Mutex::new(()),
-            index_dirty: AtomicBool::new(false),
+            // Without a saved state for this generation, the next save writes one.
+            index_dirty: AtomicBool::new(walk),
             sealer,
         });
         agent.refresh_gauges();
@@ -797,34 +802,58 @@ impl Agent {
     }
 
     fn disk_bytes(&self) -> Result<u64> {
-        Ok(self.store.size_on_disk()? + VectorIndex::file_bytes(&self.config.data_dir))
+        Ok(self.store.size_on_disk()?
+            + VectorIndex::file_bytes(&self.config.data_dir)
+            + SavedState::file_bytes(&self.config.data_dir))
     }
 
-    /// Saves the index if writes happened since the last save. Writes go on while it
-    /// serialises: the agent's write lock is held only to read the generation.
-    pub async fn save_index_if_dirty(&self) -> Result<bool> {
+    /// Saves the index and the saved state (replica snapshot, filter facts) if writes happened
+    /// since the last save. Writes go on while they serialise: the agent's write lock is held
+    /// only to read the generation and copy the replica and the filter facts.
+    pub async fn save_if_dirty(&self) -> Result<bool> {
         let _saving = self.index_save_lock.lock().await;
-        let generation = {
+        let (generation, snapshot, change_mark, attrs) = {
             let _guard = self.write_lock.lock().await;
             if !self.index_dirty.swap(false, Ordering::AcqRel) {
                 return Ok(false);
             }
-            self.store.generation()?
+            (
+                self.store.generation()?,
+                self.replica.lock().snapshot(),
+                self.store.change_mark()?,
+                self.attrs_read().encode(),
+            )
         };
         // Every write up to `generation` updated the index before releasing the write lock, so
         // the file holds all of them. A write that lands meanwhile may be in it too, but it moved
         // the store past `generation`, so a later load sees the mismatch and rebuilds instead of
         // trusting the file; it also marked the index dirty again for the next save.
-        if let Err(error) = self.index.save(
-            &self.config.data_dir,
-            generation,
-            self.embedder.model_id(),
-            self.sealer.as_deref(),
-        ) {
+        let saved = self
+            .index
+            .save(
+                &self.config.data_dir,
+                generation,
+                self.embedder.model_id(),
+                self.sealer.as_deref(),
+            )
+            .and_then(|()| {
+                SavedState {
+                    change_mark,
+                    generation,
+                    replica: snapshot.encode(),
+                    attrs,
+                }
+                .write(&self.config.data_dir, self.sealer.as_deref())
+            });
+        if let Err(error) = saved {
             self.index_dirty.store(true, Ordering::Release);
             return Err(error);
         }
-        tracing::debug!(generation, size = self.index.len(), "vector index saved");
+        tracing::debug!(
+            generation,
+            size = self.index.len(),
+            "vector index and state saved"
+        );
         Ok(true)
     }
 
@@ -885,8 +914,8 @@ impl Agent {
 
     /// Everything durable, for a clean exit.
     pub async fn shutdown(&self) -> Result<()> {
-        self.save_index_if_dirty().await?;
-        self.store.flush().await?;
+        self.save_if_dirty().await?;
+        self.store.close_cleanly().await?;
         Ok(())
     }
 

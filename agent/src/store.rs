@@ -36,6 +36,9 @@ const BODIES_END_KEY: &[u8] = b"bodies_end";
 /// Present while this store may be older than what its identity key signed elsewhere (see
 /// `murmur_sync::Engine::set_catching_up`).
 const CATCHING_UP_KEY: &[u8] = b"catching_up";
+/// Present while the store is closed after a clean stop; taken away at open, so its absence
+/// at the next open means the agent stopped without closing (a crash, a kill).
+const CLOSED_CLEANLY_KEY: &[u8] = b"closed_cleanly";
 /// The fingerprint of the key that seals the bodies, when encryption at rest is on.
 const AT_REST_KEY: &[u8] = b"at_rest_key";
 /// 4: memory bodies (signed records) in the body file, rows in `memories`, `sync_changes` only
@@ -112,6 +115,8 @@ pub struct Store {
     /// in between erases them at the next open.
     erasures: sled::Tree,
     bodies: BodyFile,
+    /// Whether the last run closed this store cleanly ([`Store::close_cleanly`]).
+    opened_clean: bool,
 }
 
 /// Bodies appended for a write, with the rows that will point to them.
@@ -246,6 +251,10 @@ impl Store {
         };
         check_at_rest_key(&db, &meta, committed, sealer.as_deref(), path)?;
         let bodies = BodyFile::open(&body_path(path), committed, sealer)?;
+        let opened_clean = meta.remove(CLOSED_CLEANLY_KEY)?.is_some();
+        if opened_clean {
+            db.flush()?;
+        }
         let store = Self {
             memories: db.open_tree("memories")?,
             by_namespace: db.open_tree("by_namespace")?,
@@ -256,6 +265,7 @@ impl Store {
             meta,
             bodies,
             db,
+            opened_clean,
         };
         store.finish_erasures()?;
         Ok(store)
@@ -554,6 +564,33 @@ impl Store {
             .collect()
     }
 
+    /// A mark every sync change stored from now on comes after (sled's ids only grow, across
+    /// restarts too): taken under the agent's write lock with a replica snapshot, so
+    /// [`Store::sync_changes_since`] gives exactly what the snapshot lacks.
+    pub fn change_mark(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// The sync changes stored after `mark` ([`Store::change_mark`]): one range read per
+    /// shard, so a start after a snapshot reads only what came since.
+    pub fn sync_changes_since(&self, mark: u64, shards: u16) -> Result<Vec<(u16, SignedChange)>> {
+        let mut changes = Vec::new();
+        for shard in 0..shards {
+            let mut from = shard.to_be_bytes().to_vec();
+            from.extend_from_slice(&mark.to_be_bytes());
+            let range = match shard.checked_add(1) {
+                Some(next) => self.sync_changes.range(from..next.to_be_bytes().to_vec()),
+                None => self.sync_changes.range(from..),
+            };
+            for item in range {
+                let (key, value) = item?;
+                let change = SignedChange::decode(&value).map_err(|e| corrupt_change(&key, e.to_string()))?;
+                changes.push((shard, change));
+            }
+        }
+        Ok(changes)
+    }
+
     /// Every persisted sync change as stored (shard, encoded change), in key order, for a
     /// backup; the caller holds the agent's write lock so none lands meanwhile.
     pub fn for_each_change(&self, mut visit: impl FnMut(u16, &[u8]) -> Result<()>) -> Result<()> {
@@ -745,6 +782,21 @@ impl Store {
         })
     }
 
+    /// Reads every stored body and checks it against its row's checksum, decoding nothing:
+    /// what a start does when it needs nothing else from the memories, so a damaged store is
+    /// still named before anything is served. Returns how many bodies it checked.
+    pub fn verify_bodies(&self) -> Result<u64> {
+        let mut checked = 0;
+        for item in self.memories.iter() {
+            let (key, value) = item?;
+            let id = uuid_suffix(&key);
+            let row = Row::decode(id, &value)?;
+            row.check(id, &self.bodies.read(row.slot)?)?;
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
     /// Live memories and tombstones, as the last committed write left them: no scan.
     pub fn counts(&self) -> Result<Counts> {
         match self.meta.get(COUNTS_KEY)? {
@@ -756,8 +808,8 @@ impl Store {
         }
     }
 
-    /// Counts by walking the trees: once at open, to check the kept counts (or to write them
-    /// for a store made before they were kept).
+    /// Counts by walking the trees: at an open after an unclean stop, to check the kept counts
+    /// (or to write them for a store made before they were kept).
     pub fn count_by_scan(&self) -> Result<Counts> {
         Ok(Counts {
             memories: self.memories.len() as u64,
@@ -767,7 +819,12 @@ impl Store {
 
     /// Makes the kept counts agree with the trees; returns what they said before, when they
     /// said something else. Called at open, before any write.
+    /// Skipped after a clean stop: the counts move in every write's transaction, and the walk
+    /// costs a start time that grows with the store.
     pub fn reconcile_counts(&self) -> Result<Option<Counts>> {
+        if self.opened_clean {
+            return Ok(None);
+        }
         let scanned = self.count_by_scan()?;
         let kept = self.meta.get(COUNTS_KEY)?.and_then(|b| Counts::decode(&b));
         if kept == Some(scanned) {
@@ -790,6 +847,13 @@ impl Store {
     pub async fn flush(&self) -> Result<()> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Flushes and marks the store closed cleanly: the last step of a clean stop. A write
+    /// after it would still be counted right; only the next open's check is skipped.
+    pub async fn close_cleanly(&self) -> Result<()> {
+        self.meta.insert(CLOSED_CLEANLY_KEY, &[1])?;
+        self.flush().await
     }
 }
 

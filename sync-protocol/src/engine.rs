@@ -33,6 +33,7 @@ use crate::{
     shard::{
         Effect, MAX_OPS_PER_CHANGE, Rules, Shard, ValidatedChange, memory_key, parse_change, tombstone_key,
     },
+    snapshot::{self, Snapshot},
 };
 
 /// Swarm-wide settings: every replica of one swarm must agree on `shards`, `admins` and
@@ -311,9 +312,74 @@ impl<P: Clone + Ord + Debug> Engine<P> {
     ) -> Result<Self, LoadError> {
         let mut engine = Self::new(config, key, seed, now_ms)
             .map_err(|reason| LoadError::BadChange { shard: 0, reason })?;
+        engine.apply_persisted(persisted, signatures)?;
+        engine.settle_awaiting(held);
+        Ok(engine)
+    }
+
+    /// A copy of this replica's state for [`Engine::resume`]: the documents are cloned, so
+    /// the driver can encode it after releasing whatever keeps the replica and its store in
+    /// step. Take it where nothing the replica holds is unpersisted.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            format: self.config.format,
+            author: self.author,
+            shards: self.shards.iter().map(Shard::image).collect(),
+            visible: self.visible.iter().copied().collect(),
+            deleted: self.deleted.iter().copied().collect(),
+            // Declined bodies are wanted again at the next start.
+            awaiting: self.awaiting.union(&self.declined).copied().collect(),
+        }
+    }
+
+    /// Rebuilds a replica from a [`Snapshot`]'s bytes and the changes persisted after it was
+    /// taken (any that it already holds are skipped), as [`Engine::load`] would from all of
+    /// them. A snapshot that is damaged or of another replica (author, shards, format) is
+    /// refused with [`LoadError::BadSnapshot`]: the driver then loads from its changes.
+    /// `held` is asked only about memories awaiting their bodies.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        config: Config,
+        key: SigningKey,
+        seed: u64,
+        now_ms: u64,
+        snapshot: &[u8],
+        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
+        signatures: Signatures,
+        held: impl Fn(&MemoryId) -> bool,
+    ) -> Result<Self, LoadError> {
+        let mut engine = Self::new(config, key, seed, now_ms)
+            .map_err(|reason| LoadError::BadChange { shard: 0, reason })?;
+        let decoded = snapshot::decode(
+            snapshot,
+            engine.config.shards,
+            engine.config.format,
+            &engine.author,
+        )
+        .map_err(LoadError::BadSnapshot)?;
+        engine.shards = decoded
+            .shards
+            .into_iter()
+            .zip(0u16..)
+            .map(|(image, index)| Shard::from_image(index, image))
+            .collect();
+        engine.visible = decoded.visible.into_iter().collect();
+        engine.deleted = decoded.deleted.into_iter().collect();
+        engine.awaiting = decoded.awaiting.into_iter().collect();
+        engine.apply_persisted(persisted, signatures)?;
+        engine.settle_awaiting(held);
+        Ok(engine)
+    }
+
+    /// Validates and applies persisted changes (in any order) without emitting events.
+    fn apply_persisted(
+        &mut self,
+        persisted: impl IntoIterator<Item = (u16, SignedChange)>,
+        signatures: Signatures,
+    ) -> Result<(), LoadError> {
         let mut by_shard: BTreeMap<u16, Vec<ValidatedChange>> = BTreeMap::new();
         for (shard, change) in persisted {
-            let target = engine
+            let target = self
                 .shards
                 .get(shard as usize)
                 .ok_or_else(|| LoadError::BadChange {
@@ -321,12 +387,12 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                     reason: "no such shard".into(),
                 })?;
             let validated = target
-                .validate(&change, &engine.rules, signatures)
+                .validate(&change, &self.rules, signatures)
                 .map_err(|reason| LoadError::BadChange { shard, reason })?;
             by_shard.entry(shard).or_default().push(validated);
         }
         for (shard, changes) in by_shard {
-            let target = &mut engine.shards[shard as usize];
+            let target = &mut self.shards[shard as usize];
             let (ready, missing) = target.applicable(&changes);
             if !missing.is_empty() {
                 return Err(LoadError::BadChange {
@@ -342,16 +408,20 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 .apply(&ready)
                 .map_err(|reason| LoadError::BadChange { shard, reason })?;
             for change in &ready {
-                engine.note_effects(&change.effects, false);
+                self.note_effects(&change.effects, false);
             }
         }
-        let held: Vec<MemoryId> = engine.awaiting.iter().filter(|id| held(id)).copied().collect();
+        Ok(())
+    }
+
+    /// Shows the memories awaiting bodies that the driver holds after all.
+    fn settle_awaiting(&mut self, held: impl Fn(&MemoryId) -> bool) {
+        let held: Vec<MemoryId> = self.awaiting.iter().filter(|id| held(id)).copied().collect();
         for id in held {
-            engine.awaiting.remove(&id);
-            engine.visible.insert(id);
+            self.awaiting.remove(&id);
+            self.visible.insert(id);
         }
-        engine.refresh_root();
-        Ok(engine)
+        self.refresh_root();
     }
 
     pub fn author(&self) -> AuthorKey {

@@ -79,4 +79,6 @@ pub enum WriteError {
 pub enum LoadError {
     #[error("persisted change for shard {shard}: {reason}")]
     BadChange { shard: u16, reason: String },
+    #[error("replica snapshot: {0}")]
+    BadSnapshot(String),
 }

@@ -15,6 +15,7 @@ mod id;
 mod message;
 mod record;
 mod shard;
+mod snapshot;
 
 pub use bodies::InMemoryBodies;
 pub use engine::{BodyRequest, Config, Destination, Engine, Event, PeerStatus, Persist, Stats, Transmit};
@@ -29,6 +30,7 @@ pub use record::{
     MemoryDraft, MemoryRecord, RecordLimits, Signatures, Tombstone, may_delete, validate_namespace,
 };
 pub use shard::{MAX_OPS_PER_CHANGE, sign_change};
+pub use snapshot::Snapshot;
 
 /// The automerge version this crate's documents and sync messages are made with.
 pub use automerge;

@@ -128,6 +128,31 @@ impl Shard {
         }
     }
 
+    /// A copy of this shard's document and signatures, for a snapshot.
+    pub(crate) fn image(&self) -> crate::snapshot::ShardImage {
+        crate::snapshot::ShardImage {
+            doc: self.doc.clone(),
+            signatures: self.signatures.iter().map(|(h, s)| (*h, *s)).collect(),
+        }
+    }
+
+    /// A shard from a snapshot's document and the signatures of its changes.
+    pub(crate) fn from_image(index: u16, image: crate::snapshot::ShardImage) -> Self {
+        let crate::snapshot::ShardImage { doc, signatures } = image;
+        let mut shard = Self {
+            index,
+            doc,
+            signatures: HashMap::with_capacity(signatures.len()),
+            by_checksum: HashMap::with_capacity(signatures.len()),
+            digest: [0; 8],
+        };
+        for (hash, signature) in signatures {
+            shard.remember(hash, signature);
+        }
+        shard.refresh_digest();
+        shard
+    }
+
     pub fn digest(&self) -> ShardDigest {
         self.digest
     }

@@ -128,7 +128,54 @@ fn check_reload(net: &Net, config: &Config) {
             held,
         )
         .expect("own state loads");
-        for (how, engine) in [("verified", &reloaded), ("trusted", &trusted)] {
+        // Resumed from a snapshot of the whole state, given every change again (all skipped),
+        // and from a snapshot of a prefix of what was persisted plus the rest of it.
+        let whole = replica.engine.snapshot().encode();
+        let resumed: Engine<usize> = Engine::resume(
+            config.clone(),
+            replica.key.clone(),
+            1,
+            net.now,
+            &whole,
+            replica.persisted.clone(),
+            Signatures::Trusted,
+            held,
+        )
+        .expect("resumes from its own snapshot");
+        // The first half of what was persisted, grown until it holds every change's
+        // dependencies (a batch may persist a change before one it depends on).
+        let load_prefix = |k: usize| {
+            Engine::<usize>::load(
+                config.clone(),
+                replica.key.clone(),
+                1,
+                net.now,
+                replica.persisted[..k].to_vec(),
+                Signatures::Trusted,
+                held,
+            )
+        };
+        let (split, prefix) = (replica.persisted.len() / 2..=replica.persisted.len())
+            .find_map(|k| load_prefix(k).ok().map(|engine| (k, engine)))
+            .expect("all that was persisted loads");
+        let after = &replica.persisted[split..];
+        let from_prefix: Engine<usize> = Engine::resume(
+            config.clone(),
+            replica.key.clone(),
+            1,
+            net.now,
+            &prefix.snapshot().encode(),
+            after.to_vec(),
+            Signatures::Trusted,
+            held,
+        )
+        .expect("resumes from a prefix's snapshot and the rest");
+        for (how, engine) in [
+            ("verified", &reloaded),
+            ("trusted", &trusted),
+            ("resumed", &resumed),
+            ("resumed from a prefix", &from_prefix),
+        ] {
             assert_eq!(
                 engine.root_digest(),
                 replica.engine.root_digest(),
