@@ -77,6 +77,26 @@ struct IndexMeta {
     size: usize,
     bytes: u64,
     crc32: u32,
+    /// The store's change mark at `generation` (0: saved by an agent that kept none): what a
+    /// start catches a stale index up from instead of rebuilding it.
+    #[serde(default)]
+    change_mark: u64,
+}
+
+/// Where in the store's history a saved index stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorePoint {
+    pub generation: u64,
+    /// [`crate::store::Store::change_mark`], taken with `generation`.
+    pub change_mark: u64,
+}
+
+/// A saved index that loaded, current or behind the store.
+pub struct LoadedIndex {
+    pub index: VectorIndex,
+    /// The change mark it was saved at, where the store has moved on since: the memories
+    /// labelled after it are missing and the deletes since are still in it.
+    pub behind_since: Option<u64>,
 }
 
 pub struct VectorIndex {
@@ -168,6 +188,10 @@ impl VectorIndex {
             removed.remove(&stored);
         }
         Ok(())
+    }
+
+    pub fn contains(&self, label: u64) -> bool {
+        self.read().contains(label)
     }
 
     pub fn remove(&self, label: u64) -> Result<()> {
@@ -308,7 +332,7 @@ impl VectorIndex {
     pub fn save(
         &self,
         dir: &Path,
-        generation: u64,
+        at: StorePoint,
         model_id: &str,
         sealer: Option<&murmur_at_rest::Sealer>,
     ) -> Result<()> {
@@ -325,13 +349,14 @@ impl VectorIndex {
         }
         let meta = IndexMeta {
             format: FORMAT,
-            generation,
+            generation: at.generation,
             model_id: model_id.to_string(),
             dimensions: self.dimensions,
             settings: self.settings,
             size: index.size(),
             bytes: buffer.len() as u64,
             crc32: crc32fast::hash(&buffer),
+            change_mark: at.change_mark,
         };
         drop(index);
         let meta_json = serde_json::to_vec_pretty(&meta).map_err(index_error("describing"))?;
@@ -340,8 +365,9 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Loads the saved index if it is intact and reflects exactly `generation` of the store
-    /// with these settings; otherwise says why not, so the caller rebuilds.
+    /// Loads the saved index if it is intact and built with these settings, either at exactly
+    /// `generation` of the store or at an older one with a change mark to catch up from;
+    /// otherwise says why not, so the caller rebuilds.
     pub fn load(
         dir: &Path,
         dimensions: usize,
@@ -349,24 +375,33 @@ impl VectorIndex {
         generation: u64,
         model_id: &str,
         sealer: Option<&murmur_at_rest::Sealer>,
-    ) -> Result<Self, String> {
+    ) -> Result<LoadedIndex, String> {
         let meta_path = dir.join(META_FILE);
         let meta_bytes = fs::read(&meta_path).map_err(|e| format!("no index meta ({e})"))?;
         let meta: IndexMeta =
             serde_json::from_slice(&meta_bytes).map_err(|e| format!("index meta unreadable: {e}"))?;
-        let expected = (FORMAT, generation, model_id, dimensions, settings);
+        let expected = (FORMAT, model_id, dimensions, settings);
         let found = (
             meta.format,
-            meta.generation,
             meta.model_id.as_str(),
             meta.dimensions,
             meta.settings,
         );
         if expected != found {
             return Err(format!(
-                "index is stale or built differently: expected {expected:?}, found {found:?}"
+                "index is built differently: expected {expected:?}, found {found:?}"
             ));
         }
+        let behind_since = match meta.generation.cmp(&generation) {
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Less if meta.change_mark > 0 => Some(meta.change_mark),
+            _ => {
+                return Err(format!(
+                    "index is stale: saved at generation {}, the store is at {generation}",
+                    meta.generation
+                ));
+            }
+        };
         let buffer = fs::read(dir.join(INDEX_FILE)).map_err(|e| format!("index file unreadable: {e}"))?;
         if buffer.len() as u64 != meta.bytes || crc32fast::hash(&buffer) != meta.crc32 {
             return Err("index file does not match its checksum".into());
@@ -384,11 +419,14 @@ impl VectorIndex {
         if index.size() != meta.size || index.dimensions() != dimensions {
             return Err("index contents disagree with its meta".into());
         }
-        Ok(Self {
-            index: RwLock::new(index),
-            dimensions,
-            settings,
-            removed: Mutex::new(HashSet::new()),
+        Ok(LoadedIndex {
+            index: Self {
+                index: RwLock::new(index),
+                dimensions,
+                settings,
+                removed: Mutex::new(HashSet::new()),
+            },
+            behind_since,
         })
     }
 
@@ -447,8 +485,19 @@ mod tests {
         index.remove(45).unwrap();
         index.remove(44).unwrap();
         index.add(5000, &unit(44, 8)).unwrap();
-        index.save(dir.path(), 9, "m", None).unwrap();
+        let at = |generation, change_mark| StorePoint {
+            generation,
+            change_mark,
+        };
+        index.save(dir.path(), at(9, 0), "m", None).unwrap();
+        assert!(
+            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m", None).is_err(),
+            "stale, with no mark to catch up from"
+        );
+        index.save(dir.path(), at(9, 77), "m", None).unwrap();
         let loaded = VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "m", None).unwrap();
+        assert_eq!(loaded.behind_since, None);
+        let loaded = loaded.index;
         assert_eq!(loaded.len(), index.len());
         let hits = loaded.search(&unit(44, 8), 1, None).unwrap();
         assert_eq!(hits[0].0, 5000);
@@ -458,9 +507,15 @@ mod tests {
             hits[0].0, 43,
             "searches through the overwritten rows still find their target"
         );
+        let behind = VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m", None).unwrap();
+        assert_eq!(
+            behind.behind_since,
+            Some(77),
+            "behind the store: caught up from its mark"
+        );
         assert!(
-            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 10, "m", None).is_err(),
-            "stale"
+            VectorIndex::load(dir.path(), 8, IndexSettings::default(), 8, "m", None).is_err(),
+            "ahead of the store"
         );
         assert!(
             VectorIndex::load(dir.path(), 8, IndexSettings::default(), 9, "other", None).is_err(),

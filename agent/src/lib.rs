@@ -7,6 +7,7 @@ pub mod backup;
 pub mod body_file;
 pub mod client;
 pub mod config;
+pub mod derived;
 pub mod error;
 pub mod filter;
 pub mod fsutil;

@@ -20,10 +20,9 @@ use crate::{
     error::{AgentError, Result},
     filter::{Filter, FilterRequest},
     identity::Identity,
-    index::VectorIndex,
+    index::{StorePoint, VectorIndex},
     memory::{Memory, NewMemory, StoredMemory, validate_namespace, validate_text, validate_vector},
     metrics::Metrics,
-    progress::Progress,
     replica::{self, Replica, SyncStatus},
     state_file::SavedState,
     store::{Lookup, Store},
@@ -203,91 +202,8 @@ impl Agent {
             embedder.max_text_bytes()
         );
 
-        let generation = store.generation()?;
-        let (index, reason) = match VectorIndex::load(
-            dir,
-            embedder.dimension(),
-            config.index,
-            generation,
-            embedder.model_id(),
-            sealer.as_deref(),
-        ) {
-            Ok(index) => (Some(index), None),
-            Err(reason) => (None, Some(reason)),
-        };
-        let rebuilding = index.is_none();
-        // The saved filter facts stand for exactly one generation of the store.
-        let saved_attrs = match saved {
-            Some(saved) if saved.generation == generation && !rebuilding => match Attrs::decode(&saved.attrs)
-            {
-                Ok(attrs) if attrs.len() == held => Some(attrs),
-                Ok(attrs) => {
-                    tracing::warn!(
-                        saved = attrs.len(),
-                        held,
-                        "saved filter facts disagree with the store; rebuilding them"
-                    );
-                    None
-                }
-                Err(reason) => {
-                    tracing::warn!(%reason, "saved filter facts unreadable; rebuilding them");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let walk = saved_attrs.is_none();
-        let mut attrs = saved_attrs.unwrap_or_default();
-        let index = match index {
-            Some(index) => index,
-            None => VectorIndex::new(embedder.dimension(), config.index)?,
-        };
-        match &reason {
-            Some(_) if held == 0 => tracing::info!("starting with an empty store"),
-            Some(reason) => {
-                tracing::warn!(%reason, memories = held, "rebuilding the vector index from the database")
-            }
-            None => {}
-        }
-        let progress = Progress::new(
-            if rebuilding { held as u64 } else { 0 },
-            "rebuilding vector index",
-        );
-        let started = Instant::now();
-        let mut skipped = 0usize;
-        if walk {
-            // Only without saved filter facts, or with an index to rebuild: a read of every memory.
-            for memory in store.iter() {
-                let memory = memory?;
-                if rebuilding {
-                    if memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension() {
-                        index.add(memory.label, &memory.vector)?;
-                    } else {
-                        skipped += 1;
-                    }
-                    progress.inc(1);
-                }
-                attrs.insert(&memory);
-            }
-        } else {
-            store.verify_bodies().context("checking the database")?;
-        }
-        progress.finish();
-        if skipped > 0 {
-            tracing::warn!(
-                skipped,
-                model = embedder.model_id(),
-                "memories from another model are not searchable"
-            );
-        }
-        if rebuilding {
-            index.save(dir, generation, embedder.model_id(), sealer.as_deref())?;
-            tracing::info!(
-                size = index.len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "vector index rebuilt and saved"
-            );
-        }
+        let crate::derived::Derived { index, attrs, stale } =
+            crate::derived::open(&store, dir, &embedder, config.index, sealer.as_deref(), saved)?;
 
         let agent = Arc::new(Self {
             metrics: Metrics::new(),
@@ -303,8 +219,8 @@ impl Agent {
             attrs: RwLock::new(attrs),
             write_lock: tokio::sync::Mutex::new(()),
             index_save_lock: tokio::sync::Mutex::new(()),
-            // Without a saved state for this generation, the next save writes one.
-            index_dirty: AtomicBool::new(walk),
+            // What was saved is behind the store or missing: the next save writes it.
+            index_dirty: AtomicBool::new(stale),
             sealer,
         });
         agent.refresh_gauges();
@@ -828,11 +744,15 @@ impl Agent {
         // the file holds all of them. A write that lands meanwhile may be in it too, but it moved
         // the store past `generation`, so a later load sees the mismatch and rebuilds instead of
         // trusting the file; it also marked the index dirty again for the next save.
+        let at = StorePoint {
+            generation,
+            change_mark,
+        };
         let saved = self
             .index
             .save(
                 &self.config.data_dir,
-                generation,
+                at,
                 self.embedder.model_id(),
                 self.sealer.as_deref(),
             )

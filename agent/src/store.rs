@@ -797,6 +797,44 @@ impl Store {
         Ok(checked)
     }
 
+    /// The memories whose index labels come after `mark` (labels and change marks come from
+    /// one generator): what a start adds to an index or filter facts saved at that mark.
+    pub fn memories_labelled_after(&self, mark: u64) -> impl Iterator<Item = Result<Memory>> + '_ {
+        self.labels
+            .range(mark.saturating_add(1).to_be_bytes()..)
+            .map(|item| {
+                let (label, id) = item?;
+                let corrupt = |reason: &str| AgentError::CorruptRecord {
+                    key: format!("labels/{}", hex::encode(&label)),
+                    reason: reason.into(),
+                };
+                let id = Uuid::from_slice(&id).map_err(|_| corrupt("not a memory id"))?;
+                match self.get(id)? {
+                    Lookup::Found(memory) => Ok(memory),
+                    _ => Err(corrupt("names a memory this store does not hold")),
+                }
+            })
+    }
+
+    /// The index labels of every deleted memory this store held: what a start removes from an
+    /// index or filter facts saved before the deletes. One read of the tombstones.
+    pub fn tombstoned_labels(&self) -> Result<Vec<u64>> {
+        let mut labels = Vec::new();
+        for item in self.tombstones.iter() {
+            let (key, value) = item?;
+            let tombstone: Tombstone =
+                postcard::from_bytes(&value).map_err(|e| AgentError::CorruptRecord {
+                    key: format!("tombstones/{}", uuid_suffix(&key)),
+                    reason: e.to_string(),
+                })?;
+            // u64::MAX: deleted before it arrived here, so it never had a label.
+            if tombstone.label != u64::MAX {
+                labels.push(tombstone.label);
+            }
+        }
+        Ok(labels)
+    }
+
     /// Live memories and tombstones, as the last committed write left them: no scan.
     pub fn counts(&self) -> Result<Counts> {
         match self.meta.get(COUNTS_KEY)? {

@@ -1,5 +1,5 @@
-//! The vector index is derived data: deleted, corrupted or stale, it is rebuilt from sled and
-//! search answers as before.
+//! The vector index is derived data: deleted or corrupted it is rebuilt from sled, stale it is
+//! caught up with what was stored since it was saved, and search answers as before.
 
 use murmur_tests::AgentProcess;
 use serde_json::{Value, json};
@@ -62,15 +62,44 @@ fn missing_corrupt_or_stale_index_is_rebuilt_with_equal_results() {
     assert_eq!(answers(&agent), expected);
     assert_eq!(agent.log().matches("rebuilding the vector index").count(), 3);
 
-    // Stale: a write after the last save, then SIGKILL before the next save.
+    // Stale: a write after the last save, then SIGKILL before the next save. The saved index
+    // is caught up from the change mark it was saved at, not rebuilt.
     let late = agent.add(json!({ "text": "a late memory about image processing libraries" }));
     agent.kill();
     let agent = AgentProcess::start(dir.path(), &[]);
-    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 4);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 3);
+    assert_eq!(agent.log().matches("caught the saved index").count(), 1);
     assert!(
         agent
             .search_ids("a late memory about image processing libraries", 1)
             .contains(&late)
+    );
+    // A delete after the last save is caught up too: the memory is not found again.
+    let reply = agent.client.delete(&format!("/v1/memories/{late}")).unwrap();
+    assert_eq!(reply.status, 204);
+    agent.kill();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(agent.log().matches("caught the saved index").count(), 2);
+    assert!(
+        !agent
+            .search_ids("a late memory about image processing libraries", 10)
+            .contains(&late)
+    );
+    assert_eq!(answers(&agent), expected);
+
+    // Stale and saved without a change mark (by an older agent): rebuilt.
+    let another = agent.add(json!({ "text": "another late memory, about fonts" }));
+    agent.kill();
+    let meta_path = dir.path().join("index.meta.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta.as_object_mut().unwrap().remove("change_mark");
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let agent = AgentProcess::start(dir.path(), &[]);
+    assert_eq!(agent.log().matches("rebuilding the vector index").count(), 4);
+    assert!(
+        agent
+            .search_ids("another late memory, about fonts", 1)
+            .contains(&another)
     );
     agent.stop();
 }
