@@ -12,6 +12,7 @@ use murmur_models::Embedder;
 use crate::{
     attrs::Attrs,
     index::{IndexSettings, LoadedIndex, StorePoint, VectorIndex},
+    memory::Memory,
     progress::Progress,
     state_file::SavedState,
     store::Store,
@@ -24,19 +25,32 @@ pub struct Derived {
     pub stale: bool,
 }
 
-pub fn open(
-    store: &Store,
-    dir: &std::path::Path,
-    embedder: &Embedder,
-    settings: IndexSettings,
-    sealer: Option<&murmur_at_rest::Sealer>,
-    saved: Option<SavedState>,
-) -> anyhow::Result<Derived> {
+/// What a start derives from, and with.
+pub struct Inputs<'a> {
+    pub store: &'a Store,
+    pub dir: &'a std::path::Path,
+    pub embedder: &'a Embedder,
+    pub settings: IndexSettings,
+    pub sealer: Option<&'a murmur_at_rest::Sealer>,
+}
+
+impl Inputs<'_> {
+    /// Whether the index takes this memory: one embedded by this agent's model.
+    fn searchable(&self, memory: &Memory) -> bool {
+        memory.model_id == self.embedder.model_id() && memory.vector.len() == self.embedder.dimension()
+    }
+}
+
+pub fn open(inputs: &Inputs, saved: Option<SavedState>) -> anyhow::Result<Derived> {
+    let Inputs {
+        store,
+        dir,
+        embedder,
+        settings,
+        sealer,
+    } = *inputs;
     let generation = store.generation()?;
     let held = store.counts()?.memories as usize;
-    let searchable = |memory: &crate::memory::Memory| {
-        memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension()
-    };
     let loaded = VectorIndex::load(
         dir,
         embedder.dimension(),
@@ -63,7 +77,7 @@ pub fn open(
             {
                 tracing::warn!(%reason, memories = held, "rebuilding the vector index from the database");
             }
-            return rebuild(store, dir, embedder, settings, sealer, loaded.ok(), held);
+            return rebuild(inputs, loaded.ok(), held);
         }
     };
     let index = loaded.index;
@@ -76,7 +90,7 @@ pub fn open(
         let mut added = 0usize;
         for memory in store.memories_labelled_after(from) {
             let memory = memory?;
-            if index_since.is_some_and(|mark| memory.label > mark) && searchable(&memory) {
+            if index_since.is_some_and(|mark| memory.label > mark) && inputs.searchable(&memory) {
                 index.add(memory.label, &memory.vector)?;
             }
             if attrs_since.is_some_and(|mark| memory.label > mark) {
@@ -107,7 +121,7 @@ pub fn open(
             held,
             "the saved index or filter facts disagree with the store; rebuilding them"
         );
-        return rebuild(store, dir, embedder, settings, sealer, None, held);
+        return rebuild(inputs, None, held);
     }
     store.verify_bodies().context("checking the database")?;
     Ok(Derived {
@@ -119,22 +133,18 @@ pub fn open(
 
 /// Reads every memory: for the filter facts, and into the index unless the saved one is
 /// current (a saved one behind the store takes what it lacks and loses what was deleted).
-fn rebuild(
-    store: &Store,
-    dir: &std::path::Path,
-    embedder: &Embedder,
-    settings: IndexSettings,
-    sealer: Option<&murmur_at_rest::Sealer>,
-    saved_index: Option<LoadedIndex>,
-    held: usize,
-) -> anyhow::Result<Derived> {
+fn rebuild(inputs: &Inputs, saved_index: Option<LoadedIndex>, held: usize) -> anyhow::Result<Derived> {
     let (index, adding, behind) = match saved_index {
         Some(LoadedIndex {
             index,
             behind_since: None,
         }) => (index, false, false),
         Some(LoadedIndex { index, .. }) => (index, true, true),
-        None => (VectorIndex::new(embedder.dimension(), settings)?, true, false),
+        None => (
+            VectorIndex::new(inputs.embedder.dimension(), inputs.settings)?,
+            true,
+            false,
+        ),
     };
     let rebuilding = adding && !behind;
     if held == 0 {
@@ -144,10 +154,10 @@ fn rebuild(
     let started = Instant::now();
     let mut attrs = Attrs::default();
     let mut skipped = 0usize;
-    for memory in store.iter() {
+    for memory in inputs.store.iter() {
         let memory = memory?;
         if adding {
-            if memory.model_id == embedder.model_id() && memory.vector.len() == embedder.dimension() {
+            if inputs.searchable(&memory) {
                 index.add(memory.label, &memory.vector)?;
             } else {
                 skipped += 1;
@@ -158,7 +168,7 @@ fn rebuild(
     }
     progress.finish();
     if behind {
-        for label in store.tombstoned_labels()? {
+        for label in inputs.store.tombstoned_labels()? {
             if index.contains(label) {
                 index.remove(label)?;
             }
@@ -167,16 +177,16 @@ fn rebuild(
     if skipped > 0 {
         tracing::warn!(
             skipped,
-            model = embedder.model_id(),
+            model = inputs.embedder.model_id(),
             "memories from another model are not searchable"
         );
     }
     if rebuilding {
         let at = StorePoint {
-            generation: store.generation()?,
-            change_mark: store.change_mark()?,
+            generation: inputs.store.generation()?,
+            change_mark: inputs.store.change_mark()?,
         };
-        index.save(dir, at, embedder.model_id(), sealer)?;
+        index.save(inputs.dir, at, inputs.embedder.model_id(), inputs.sealer)?;
         tracing::info!(
             size = index.len(),
             seconds = started.elapsed().as_secs_f64(),

@@ -202,8 +202,14 @@ impl Agent {
             embedder.max_text_bytes()
         );
 
-        let crate::derived::Derived { index, attrs, stale } =
-            crate::derived::open(&store, dir, &embedder, config.index, sealer.as_deref(), saved)?;
+        let inputs = crate::derived::Inputs {
+            store: &store,
+            dir,
+            embedder: &embedder,
+            settings: config.index,
+            sealer: sealer.as_deref(),
+        };
+        let crate::derived::Derived { index, attrs, stale } = crate::derived::open(&inputs, saved)?;
 
         let agent = Arc::new(Self {
             metrics: Metrics::new(),

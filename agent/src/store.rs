@@ -558,8 +558,7 @@ impl Store {
         self.raw_changes()
             .map(|item| {
                 let (key, shard, value) = item?;
-                let change = SignedChange::decode(&value).map_err(|e| corrupt_change(&key, e.to_string()))?;
-                Ok((shard, change))
+                Ok((shard, decode_change(&key, &value)?))
             })
             .collect()
     }
@@ -584,8 +583,7 @@ impl Store {
             };
             for item in range {
                 let (key, value) = item?;
-                let change = SignedChange::decode(&value).map_err(|e| corrupt_change(&key, e.to_string()))?;
-                changes.push((shard, change));
+                changes.push((shard, decode_change(&key, &value)?));
             }
         }
         Ok(changes)
@@ -934,6 +932,10 @@ fn check_at_rest_key(
             Ok(())
         }
     }
+}
+
+fn decode_change(key: &[u8], value: &[u8]) -> Result<SignedChange> {
+    SignedChange::decode(value).map_err(|e| corrupt_change(key, e.to_string()))
 }
 
 fn corrupt_change(key: &[u8], reason: String) -> AgentError {
