@@ -1,12 +1,11 @@
 //! The state a start derives from the store: the vector index and the search filters' facts.
 //! Each is taken as saved when it matches the store, caught up from the change mark it was
 //! saved at when the store moved on (the memories labelled after the mark are added, the
-//! deleted ones removed), or rebuilt by reading every memory. Whatever is not rebuilt, every
-//! body is still checked against its row CRC, so a damaged store is named before serving.
+//! deleted ones removed), or rebuilt by reading every memory. (Every body is checked against
+//! its row CRC beside this, in `Agent::open`, so a damaged store is named before serving.)
 
 use std::time::Instant;
 
-use anyhow::Context;
 use murmur_models::Embedder;
 
 use crate::{
@@ -123,7 +122,6 @@ pub fn open(inputs: &Inputs, saved: Option<SavedState>) -> anyhow::Result<Derive
         );
         return rebuild(inputs, None, held);
     }
-    store.verify_bodies().context("checking the database")?;
     Ok(Derived {
         index,
         attrs,

@@ -138,7 +138,53 @@ impl Agent {
             store.set_catching_up(true)?;
         }
         replica::check_limits(&config.limits)?;
-        let saved = match SavedState::read(dir, sealer.as_deref()) {
+        // Every body is read against its row's CRC before anything is served. That pass reads
+        // the whole body file, so it runs beside the rest of the start (the replica, the model,
+        // the index), which needs no body; its verdict comes first, as it names the damage.
+        let (replica, embedder, derived) = std::thread::scope(|scope| {
+            let checked = scope.spawn(|| store.verify_bodies());
+            let opened = Self::open_derived(&config, &identity, &store, sealer.as_deref());
+            match checked.join() {
+                Ok(Ok(_)) => opened,
+                Ok(Err(damage)) => Err(anyhow::Error::new(damage).context("checking the database")),
+                Err(_) => Err(anyhow::anyhow!("checking the database: the check panicked")),
+            }
+        })?;
+        let crate::derived::Derived { index, attrs, stale } = derived;
+
+        let agent = Arc::new(Self {
+            metrics: Metrics::new(),
+            config,
+            store,
+            index,
+            embedder,
+            identity,
+            replica,
+            swarm: std::sync::OnceLock::new(),
+            uplink: std::sync::Mutex::new(None),
+            uplink_notify: Arc::new(tokio::sync::Notify::new()),
+            attrs: RwLock::new(attrs),
+            write_lock: tokio::sync::Mutex::new(()),
+            index_save_lock: tokio::sync::Mutex::new(()),
+            // What was saved is behind the store or missing: the next save writes it.
+            index_dirty: AtomicBool::new(stale),
+            sealer,
+        });
+        agent.refresh_gauges();
+        Ok(agent)
+    }
+
+    /// The start's work besides the body check: the replica from its saved state, the counts
+    /// against it, the model, and the index and filter facts.
+    fn open_derived(
+        config: &AgentConfig,
+        identity: &Identity,
+        store: &Store,
+        sealer: Option<&murmur_at_rest::Sealer>,
+    ) -> anyhow::Result<(Replica, Embedder, crate::derived::Derived)> {
+        use anyhow::Context;
+        let dir = &config.data_dir;
+        let saved = match SavedState::read(dir, sealer) {
             Ok(saved) => saved,
             Err(reason) => {
                 tracing::warn!(%reason, "the saved state is not usable; rebuilding it from the store");
@@ -146,7 +192,7 @@ impl Agent {
             }
         };
         let replica = Replica::resume(
-            &store,
+            store,
             config.sync.engine_config()?,
             identity.signing_key().clone(),
             saved.as_ref().map(|s| (&s.replica[..], s.change_mark)),
@@ -203,34 +249,14 @@ impl Agent {
         );
 
         let inputs = crate::derived::Inputs {
-            store: &store,
+            store,
             dir,
             embedder: &embedder,
             settings: config.index,
-            sealer: sealer.as_deref(),
-        };
-        let crate::derived::Derived { index, attrs, stale } = crate::derived::open(&inputs, saved)?;
-
-        let agent = Arc::new(Self {
-            metrics: Metrics::new(),
-            config,
-            store,
-            index,
-            embedder,
-            identity,
-            replica,
-            swarm: std::sync::OnceLock::new(),
-            uplink: std::sync::Mutex::new(None),
-            uplink_notify: Arc::new(tokio::sync::Notify::new()),
-            attrs: RwLock::new(attrs),
-            write_lock: tokio::sync::Mutex::new(()),
-            index_save_lock: tokio::sync::Mutex::new(()),
-            // What was saved is behind the store or missing: the next save writes it.
-            index_dirty: AtomicBool::new(stale),
             sealer,
-        });
-        agent.refresh_gauges();
-        Ok(agent)
+        };
+        let derived = crate::derived::open(&inputs, saved)?;
+        Ok((replica, embedder, derived))
     }
 
     pub fn config(&self) -> &AgentConfig {

@@ -8,18 +8,21 @@
 //! an index: the persisted changes stay the truth, and a snapshot that does not decode (its
 //! checksum, its header, a document) is refused whole, so the driver replays instead.
 //!
-//! Layout (version 1), all integers as in the wire codec:
+//! Layout (version 2), all integers as in the wire codec:
 //!
 //! ```text
-//! "MMSNAP01" | shards u16 | format u8 | author [32]
+//! "MMSNAP02" | shards u16 | format u8 | author [32]
 //! per shard, in order: signatures (count, then hash [32] + signature [64] each),
 //!                      document (length-prefixed automerge save, uncompressed)
 //! visible, deleted, awaiting: count, then ids [16] each
-//! sha256 of everything before [32]
+//! CRC-32 of everything before, little-endian [4]
 //! ```
+//!
+//! A CRC, not a cryptographic hash: the snapshot is the driver's own file, and the check is
+//! against damage (a SHA-256 over 150 MB was a third of a start at 1M memories). A driver that
+//! keeps it where others could write it seals it, as the agent does.
 
 use automerge::{ActorId, Automerge, ChangeHash, LoadOptions, VerificationMode};
-use sha2::{Digest, Sha256};
 
 use crate::{
     AuthorKey, MemoryId,
@@ -28,8 +31,8 @@ use crate::{
     message::Format,
 };
 
-const MAGIC: &[u8; 8] = b"MMSNAP01";
-const CHECKSUM_BYTES: usize = 32;
+const MAGIC: &[u8; 8] = b"MMSNAP02";
+const CHECKSUM_BYTES: usize = 4;
 
 /// What [`Engine::snapshot`](crate::Engine::snapshot) copied; [`Snapshot::encode`] is the
 /// expensive part, so it runs without the engine.
@@ -82,8 +85,8 @@ impl Snapshot {
             }
         }
         let mut out = w.finish();
-        let checksum = Sha256::digest(&out);
-        out.extend_from_slice(&checksum);
+        let checksum = crc32fast::hash(&out);
+        out.extend_from_slice(&checksum.to_le_bytes());
         out
     }
 }
@@ -104,19 +107,23 @@ pub(crate) fn decode(
     format: Format,
     author: &AuthorKey,
 ) -> Result<Decoded, String> {
+    if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
+        return Err(match bytes.get(..6) {
+            Some(b"MMSNAP") => "a replica snapshot of another version (this one reads version 2)".into(),
+            _ => "not a Murmur replica snapshot".into(),
+        });
+    }
     let body_len = bytes
         .len()
         .checked_sub(CHECKSUM_BYTES)
-        .ok_or_else(|| format!("{} bytes, shorter than its checksum", bytes.len()))?;
+        .filter(|len| *len >= MAGIC.len())
+        .ok_or_else(|| format!("{} bytes, shorter than its header and checksum", bytes.len()))?;
     let (body, checksum) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != checksum {
+    if crc32fast::hash(body).to_le_bytes() != checksum {
         return Err("checksum does not match: the snapshot is damaged".into());
     }
     let text = |e: DecodeError| e.to_string();
-    let mut r = Reader::new(body);
-    if r.take(MAGIC.len(), "snapshot magic").map_err(text)? != MAGIC {
-        return Err("not a Murmur replica snapshot (version 1)".into());
-    }
+    let mut r = Reader::new(&body[MAGIC.len()..]);
     let held_shards = r.u16("shards").map_err(text)?;
     let held_format = r.u8("format").map_err(text)?;
     let held_author: [u8; 32] = r.array("author").map_err(text)?;
@@ -215,13 +222,19 @@ mod tests {
                 Err(other) => panic!("{other}"),
                 Ok(_) => panic!("resumed from a snapshot that should be refused ({why})"),
             };
-        for at in [0, 9, bytes.len() / 2, bytes.len() - 1] {
+        for at in [9, bytes.len() / 2, bytes.len() - 1] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
             refused(&damaged, &config, &key, "checksum");
         }
+        let mut damaged = bytes.clone();
+        damaged[0] ^= 0x10;
+        refused(&damaged, &config, &key, "not a Murmur replica snapshot");
+        let mut older = bytes.clone();
+        older[..8].copy_from_slice(b"MMSNAP01");
+        refused(&older, &config, &key, "another version");
         refused(&bytes[..bytes.len() - 3], &config, &key, "checksum");
-        refused(&bytes[..10], &config, &key, "checksum");
+        refused(&bytes[..10], &config, &key, "shorter");
         refused(
             &bytes,
             &config,
