@@ -7,7 +7,10 @@ answers 200: stored, indexed in the same step), bytes sent per memory per peer, 
 per agent idle and under load. The ideal beside it is the network's shortest-path delay: half a
 loopback HTTP round trip, measured in the same run.
 
-Usage: bench_swarm.py BINARY [--agents 20] [--memories 100] [--rate 2]
+Usage: bench_swarm.py BINARY [--agents 20] [--memories 100] [--rate 2] [--config FILE]
+
+--config: a TOML file every agent runs with (for example `[swarm.gossip]` settings, to compare
+gossip tunings in one run).
 """
 
 import argparse
@@ -109,6 +112,7 @@ def main():
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--memories", type=int, default=100)
     ap.add_argument("--rate", type=float, default=2.0, help="memories per second")
+    ap.add_argument("--config", help="a TOML config file for every agent")
     args = ap.parse_args()
 
     root = tempfile.mkdtemp(prefix="murmur-swarm-bench-")
@@ -121,6 +125,8 @@ def main():
             os.makedirs(d)
             cmd = [args.binary, "run", "--data-dir", d, "--api-addr", "127.0.0.1:0",
                    "--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--swarm-key", key, "--no-mdns"]
+            if args.config:
+                cmd += ["--config", args.config]
             # Each agent knows the first and one random earlier agent: not a star, not a mesh.
             for j in sorted({0, random.Random(i).randrange(max(i, 1))}):
                 if j < i:
@@ -200,7 +206,8 @@ def main():
         payload = 2 * 384 + len("load memory 50")
 
         p50, p95, mx = pct(latencies, 50), pct(latencies, 95), max(latencies)
-        print(f"# swarm propagation: {args.agents} agents, {args.memories} memories at {args.rate}/s\n")
+        tuning = f", config {os.path.basename(args.config)}" if args.config else ""
+        print(f"# swarm propagation: {args.agents} agents, {args.memories} memories at {args.rate}/s{tuning}\n")
         print("| measure | value | ideal (loopback one-way delay) | ratio |")
         print("|---|---|---|---|")
         print(f"| time until held by all peers, p50 | {p50:.1f} ms | {ideal_ms:.3f} ms | {p50 / ideal_ms:.0f} |")

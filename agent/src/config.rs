@@ -128,4 +128,19 @@ mod tests {
         std::fs::write(&path, "[limits]\nmax_batch = 0\n").unwrap();
         assert!(AgentConfig::from_toml_file(&path).is_err());
     }
+
+    /// The gossip tunings `scripts/bench-swarm.sh` compares stay configs an agent accepts.
+    #[test]
+    fn the_benchmarked_gossip_tunings_are_valid_agent_configs() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gossip");
+        let mut tunings = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let config = AgentConfig::from_toml_file(&path).unwrap();
+            config.swarm.gossip.gossipsub_config(64 * 1024).unwrap();
+            tunings.push(config.swarm.gossip);
+        }
+        assert!(tunings.len() >= 2, "{}", dir.display());
+        assert!(tunings.contains(&crate::swarm::GossipSettings::default()));
+    }
 }

@@ -92,6 +92,8 @@ enum Command {
         #[arg(long)]
         backup_key_file: Option<PathBuf>,
     },
+    /// Print a new random swarm key (64 hex digits) to give every member of a new swarm.
+    SwarmKey,
     /// Bulk-import memories: one text per line, or JSON lines ({"text": .., "tags": ..}).
     Import {
         #[command(flatten)]
@@ -131,6 +133,10 @@ struct RunArgs {
     /// No LAN discovery by multicast DNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Join the swarm without a swarm key, on purpose: anyone who can reach this agent may
+    /// connect, read what it shares and write to it (mDNS and Kademlia stay off unless set).
+    #[arg(long, env = "MURMUR_OPEN_SWARM")]
+    open_swarm: bool,
     /// Upload to the swarm manager at host:port (QUIC); several, comma-separated or repeated,
     /// in order of preference (managers on one bucket: the agent fails over between them).
     #[arg(long, env = "MURMUR_MANAGER", value_delimiter = ',')]
@@ -241,6 +247,13 @@ fn main() -> Result<()> {
             print!("{}", render_peers(&reply));
             Ok(())
         }
+        Command::SwarmKey => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| anyhow::anyhow!("no randomness from the OS for a swarm key: {e}"))?;
+            println!("{}", hex::encode(key));
+            Ok(())
+        }
         Command::Import {
             api,
             file,
@@ -276,7 +289,10 @@ fn config_from(args: RunArgs) -> Result<AgentConfig> {
         config.swarm.swarm_key = Some(key);
     }
     if args.no_mdns {
-        config.swarm.mdns = false;
+        config.swarm.mdns = Some(false);
+    }
+    if args.open_swarm {
+        config.swarm.open = true;
     }
     if !args.manager.is_empty() {
         config.manager.address = args.manager;
@@ -353,6 +369,15 @@ fn render_peers(stats: &Value) -> String {
             .unwrap_or_default()
     };
     out += &format!("peer id       {}\n", net["peer_id"].as_str().unwrap_or_default());
+    out += &format!(
+        "access        {}\n",
+        match net["access"].as_str() {
+            Some("open") => "open: no swarm key, anyone who reaches this agent may join",
+            Some(other) => other,
+            None => "",
+        }
+    );
+    out += &format!("discovery     {}\n", list(&net["discovery"]));
     out += &format!("listening     {}\n", list(&net["listen_addresses"]));
     out += &format!("external      {}\n", list(&net["external_addresses"]));
     out += &format!(
@@ -405,7 +430,8 @@ mod tests {
                 { "author": "ab", "last_in_sync_ms": null, "refused_messages": 2 }
             ]},
             "swarm": {
-                "peer_id": "12D3Self", "listen_addresses": ["/ip4/127.0.0.1/tcp/1"],
+                "peer_id": "12D3Self", "access": "open", "discovery": ["mdns"],
+                "listen_addresses": ["/ip4/127.0.0.1/tcp/1"],
                 "external_addresses": [], "reachability": "private", "relay_reservations": [],
                 "peers": { "12D3Other": { "author": "ab", "addresses": ["/ip4/10.0.0.2/tcp/9"],
                     "relayed": true, "rtt_ms": 1.26 } }
@@ -413,6 +439,8 @@ mod tests {
         });
         let table = render_peers(&stats);
         assert!(table.contains("reachability  private"), "{table}");
+        assert!(table.contains("access        open: no swarm key"), "{table}");
+        assert!(table.contains("discovery     mdns\n"), "{table}");
         assert!(table.contains("3 changes waiting"), "{table}");
         let line = table
             .lines()

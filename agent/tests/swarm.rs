@@ -384,3 +384,78 @@ fn an_agent_past_its_disk_quota_keeps_syncing_and_fetches_the_bodies_once_it_has
     b.stop();
     a.stop();
 }
+
+/// Secure by default: the swarm needs a key unless an open swarm is asked for by name, and an
+/// open agent does not announce itself (mDNS) or search for peers (Kademlia) unless told to.
+#[test]
+fn a_swarm_without_a_key_starts_only_when_asked_for_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let refused = std::process::Command::new(murmur_tests::binaries::agent())
+        .args([
+            "run",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--swarm-listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("MURMUR_SWARM_KEY")
+        .env_remove("MURMUR_OPEN_SWARM")
+        .env_remove("MURMUR_AGENT_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started without a key: {stderr}");
+    for hint in [
+        "no swarm key",
+        "murmur-agent swarm-key",
+        "--swarm-key",
+        "--open-swarm",
+    ] {
+        assert!(
+            stderr.contains(hint),
+            "the refusal does not say {hint:?}: {stderr}"
+        );
+    }
+    assert!(!data.exists(), "a refused start left {data:?} behind");
+
+    let new_key = || {
+        let out = std::process::Command::new(murmur_tests::binaries::agent())
+            .arg("swarm-key")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let key = new_key();
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key:?}"
+    );
+    assert_ne!(key, new_key(), "two swarm keys alike");
+    let keyed = AgentProcess::start(
+        &data,
+        &[
+            "--swarm-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--swarm-key",
+            &key,
+            "--no-mdns",
+        ],
+    );
+    let swarm = keyed.stats()["swarm"].clone();
+    assert_eq!(swarm["access"], "private", "{swarm:#}");
+    assert_eq!(swarm["discovery"], json!(["kademlia"]), "{swarm:#}");
+    keyed.stop();
+
+    let open = AgentProcess::start(&data, &["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--open-swarm"]);
+    let swarm = open.stats()["swarm"].clone();
+    assert_eq!(swarm["access"], "open", "{swarm:#}");
+    assert_eq!(
+        swarm["discovery"],
+        json!([]),
+        "mDNS or Kademlia on in an open swarm: {swarm:#}"
+    );
+}

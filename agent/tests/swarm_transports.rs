@@ -21,8 +21,8 @@ fn quic_carries_the_swarm() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let config = |bootstrap: &str| {
         format!(
-            "[swarm]\nenabled = true\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nquic = true\n\
-             mdns = false\nbootstrap = [{bootstrap}]\n"
+            "[swarm]\nenabled = true\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nquic = true\nopen = true\n\
+             bootstrap = [{bootstrap}]\n"
         )
     };
     let a = AgentProcess::start_with_config(dirs[0].path(), &config(""));

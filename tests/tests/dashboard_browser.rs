@@ -189,7 +189,7 @@ fn the_dashboard_shows_the_swarm_and_searches_it_in_chromium() {
     // With the model: search embeds the query.
     let manager = ManagerProcess::start(&dir.path().join("manager"), "127.0.0.1:0", &[]);
     // Two agents that also gossip with each other, so they report a swarm link.
-    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--open-swarm"];
     let north = agent_for(&dir.path().join("north"), &manager.uplink, &swarm);
     let bootstrap = north.swarm_addr();
     let mut south_args = swarm.to_vec();

@@ -20,7 +20,7 @@ fn a_deleted_memory_leaves_no_trace_on_agents_in_the_bucket_or_in_the_export() {
     let manager_dir = dir.path().join("manager");
     let config = manager_config(&manager_dir);
     let manager = ManagerProcess::start(&manager_dir, "127.0.0.1:0", &["--no-model", "--config", &config]);
-    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--open-swarm"];
     let a = agent_for(&dir.path().join("a"), &manager.uplink, &swarm);
     let bootstrap = a.swarm_addr();
     let joined: Vec<&str> = swarm

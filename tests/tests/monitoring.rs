@@ -122,7 +122,7 @@ fn metrics_rules_and_dashboard_pass_promtool_against_live_binaries() {
     let deploy = murmur_tests::workspace().join("deploy");
     let dir = tempfile::tempdir().unwrap();
     let manager = ManagerProcess::start(&dir.path().join("manager"), "127.0.0.1:0", &["--no-model"]);
-    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    let swarm = ["--swarm-listen", "/ip4/127.0.0.1/tcp/0", "--open-swarm"];
     let agent = agent_for(&dir.path().join("agent"), &manager.uplink, &swarm);
     let seed = agent.swarm_addr();
     let peer = agent_for(

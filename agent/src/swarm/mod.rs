@@ -21,7 +21,7 @@ mod settings;
 mod view;
 
 pub use codec::SyncCodec;
-pub use settings::{SwarmSettings, relay_peer};
+pub use settings::{GossipSettings, SwarmSettings, relay_peer};
 pub use view::{NetworkView, PeerLink};
 
 use std::{
@@ -155,14 +155,7 @@ pub async fn start(
     let topic = gossipsub::IdentTopic::new(format!("murmur/push/v1/{}", config.shards));
 
     let behaviour = |key: &Keypair, relay_client: relay::client::Behaviour| -> anyhow::Result<Behaviour> {
-        let gossip_config = gossipsub::ConfigBuilder::default()
-            .validation_mode(gossipsub::ValidationMode::Strict)
-            .validate_messages()
-            .max_transmit_size(max_bytes)
-            .heartbeat_interval(Duration::from_millis(700))
-            .message_id_fn(|m: &gossipsub::Message| gossip_message_id(&m.data))
-            .build()
-            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+        let gossip_config = settings.gossip.gossipsub_config(max_bytes)?;
         let gossipsub =
             gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
                 .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
@@ -170,7 +163,7 @@ pub async fn start(
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         );
-        let mdns = if settings.mdns {
+        let mdns = if settings.mdns_on() {
             Some(mdns::tokio::Behaviour::new(
                 mdns::Config::default(),
                 key.public().to_peer_id(),
@@ -178,7 +171,7 @@ pub async fn start(
         } else {
             None
         };
-        let kad = settings.kademlia.then(|| {
+        let kad = settings.kademlia_on().then(|| {
             let id = key.public().to_peer_id();
             kad::Behaviour::new(id, kad::store::MemoryStore::new(id))
         });
@@ -277,6 +270,17 @@ pub async fn start(
 
     let mut view = NetworkView {
         peer_id: local.to_string(),
+        access: if settings.swarm_key.is_some() {
+            "private"
+        } else {
+            "open"
+        }
+        .into(),
+        discovery: [("mdns", settings.mdns_on()), ("kademlia", settings.kademlia_on())]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name.to_string())
+            .collect(),
         listen_addresses: addrs.iter().map(ToString::to_string).collect(),
         reachability: "unknown".into(),
         ..NetworkView::default()
@@ -713,31 +717,5 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-/// Gossip drops a message whose id it has seen, so every agent must compute the same id for the
-/// same bytes whatever toolchain built it: a fixed hash (std's `DefaultHasher` may change
-/// between Rust releases).
-fn gossip_message_id(data: &[u8]) -> gossipsub::MessageId {
-    use sha2::{Digest, Sha256};
-    gossipsub::MessageId::from(Sha256::digest(data)[..20].to_vec())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pinned: agents of different builds in one swarm must agree on it.
-    #[test]
-    fn the_gossip_message_id_is_the_same_for_every_build() {
-        assert_eq!(
-            gossip_message_id(b"murmur push").0,
-            hex::decode("540688eb17f18446e651472d3109c846def31267").unwrap()
-        );
-        assert_ne!(
-            gossip_message_id(b"murmur push"),
-            gossip_message_id(b"murmur push!")
-        );
     }
 }

@@ -1,7 +1,9 @@
 //! `[swarm]` settings: transports, discovery, privacy and NAT traversal.
 
+use std::time::Duration;
+
 use anyhow::Context;
-use libp2p::{Multiaddr, PeerId, pnet::PreSharedKey};
+use libp2p::{Multiaddr, PeerId, gossipsub, pnet::PreSharedKey};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,12 +15,16 @@ pub struct SwarmSettings {
     pub listen: Vec<String>,
     /// Multiaddrs (with `/p2p/<peer id>`) dialled at start and kept as Kademlia seeds.
     pub bootstrap: Vec<String>,
-    /// LAN discovery by multicast DNS.
-    pub mdns: bool,
-    /// Kademlia for finding peers beyond the LAN.
-    pub kademlia: bool,
-    /// 64 hex digits: the swarm's pre-shared key (pnet). Recommended for any real swarm.
+    /// LAN discovery by multicast DNS. Unset: on with a swarm key, off without one, so an
+    /// open agent does not announce itself to every host on the LAN.
+    pub mdns: Option<bool>,
+    /// Kademlia for finding peers beyond the LAN. Unset: on with a swarm key, off without.
+    pub kademlia: Option<bool>,
+    /// 64 hex digits: the swarm's pre-shared key (pnet). Required unless `open` is set.
     pub swarm_key: Option<String>,
+    /// Join a swarm without a key on purpose: anyone who can reach this agent may connect,
+    /// read every memory it shares and write to it.
+    pub open: bool,
     /// Peer ids allowed to connect (empty: any holder of the swarm key).
     pub allow_peers: Vec<String>,
     /// Also listen and dial over QUIC (only without a swarm key).
@@ -41,6 +47,86 @@ pub struct SwarmSettings {
     pub autonat: bool,
     /// Upgrade relayed connections to direct ones by simultaneous dialling (DCUtR).
     pub hole_punching: bool,
+    /// How pushes spread (gossipsub).
+    pub gossip: GossipSettings,
+}
+
+/// Gossipsub's knobs for pushes: what each push costs on the wire against how many paths it
+/// takes (docs/agent.md, "Gossip cost"). Every member of a swarm may set its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSettings {
+    /// Peers an agent forwards each push to (the mesh degree), and the band it keeps the mesh
+    /// in: `mesh_outbound_min <= mesh_n_low <= mesh_n <= mesh_n_high`, `2 * outbound <= mesh_n`.
+    pub mesh_n: usize,
+    pub mesh_n_low: usize,
+    pub mesh_n_high: usize,
+    pub mesh_outbound_min: usize,
+    /// Send this agent's own pushes to every connected member, not only its mesh.
+    pub flood_publish: bool,
+    /// A receiver of a push larger than this tells its mesh it has it (IDONTWANT), so copies
+    /// not yet sent are not.
+    pub idontwant_bytes: usize,
+    /// Peers outside the mesh told each heartbeat which pushes this agent has (IHAVE).
+    pub gossip_lazy: usize,
+}
+
+impl Default for GossipSettings {
+    fn default() -> Self {
+        Self {
+            mesh_n: 6,
+            mesh_n_low: 5,
+            mesh_n_high: 12,
+            mesh_outbound_min: 2,
+            flood_publish: true,
+            idontwant_bytes: 1000,
+            gossip_lazy: 6,
+        }
+    }
+}
+
+impl GossipSettings {
+    /// The gossipsub configuration, refused with the setting named when it is inconsistent.
+    pub fn gossipsub_config(&self, max_message_bytes: usize) -> anyhow::Result<gossipsub::Config> {
+        // gossipsub's builder checks these only for topics configured one by one.
+        let band = "swarm.gossip needs mesh_outbound_min <= mesh_n_low <= mesh_n <= mesh_n_high \
+                    and 2 * mesh_outbound_min <= mesh_n";
+        anyhow::ensure!(
+            self.mesh_outbound_min <= self.mesh_n_low
+                && self.mesh_n_low <= self.mesh_n
+                && self.mesh_n <= self.mesh_n_high
+                && 2 * self.mesh_outbound_min <= self.mesh_n
+                && self.mesh_n_low > 0,
+            "{band} (and mesh_n_low >= 1); it has {}, {}, {}, {}",
+            self.mesh_outbound_min,
+            self.mesh_n_low,
+            self.mesh_n,
+            self.mesh_n_high
+        );
+        gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(max_message_bytes)
+            .heartbeat_interval(Duration::from_millis(700))
+            .mesh_n(self.mesh_n)
+            .mesh_n_low(self.mesh_n_low)
+            .mesh_n_high(self.mesh_n_high)
+            .mesh_outbound_min(self.mesh_outbound_min)
+            .flood_publish(self.flood_publish)
+            .idontwant_message_size_threshold(self.idontwant_bytes)
+            .gossip_lazy(self.gossip_lazy)
+            .message_id_fn(|m: &gossipsub::Message| gossip_message_id(&m.data))
+            .build()
+            .map_err(|e| anyhow::anyhow!("swarm.gossip: {e}"))
+    }
+}
+
+/// Gossip drops a message whose id it has seen, so every agent must compute the same id for the
+/// same bytes whatever toolchain built it: a fixed hash (std's `DefaultHasher` may change
+/// between Rust releases).
+fn gossip_message_id(data: &[u8]) -> gossipsub::MessageId {
+    use sha2::{Digest, Sha256};
+    gossipsub::MessageId::from(Sha256::digest(data)[..20].to_vec())
 }
 
 impl Default for SwarmSettings {
@@ -49,9 +135,10 @@ impl Default for SwarmSettings {
             enabled: false,
             listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
             bootstrap: Vec::new(),
-            mdns: true,
-            kademlia: true,
+            mdns: None,
+            kademlia: None,
             swarm_key: None,
+            open: false,
             allow_peers: Vec::new(),
             quic: false,
             max_refusals: 5,
@@ -62,6 +149,7 @@ impl Default for SwarmSettings {
             relay_max_circuit_bytes: 256 * 1024 * 1024,
             autonat: true,
             hole_punching: true,
+            gossip: GossipSettings::default(),
         }
     }
 }
@@ -71,6 +159,13 @@ impl SwarmSettings {
         if !self.enabled {
             return Ok(());
         }
+        anyhow::ensure!(
+            self.swarm_key.is_some() || self.open,
+            "the swarm is on but has no swarm key, so anyone who can reach this agent could read \
+             and write its memories. Give every member the same key: `murmur-agent swarm-key` \
+             prints a new one; pass it as --swarm-key, MURMUR_SWARM_KEY or swarm.swarm_key. To \
+             run an open swarm on purpose, say so with --open-swarm (swarm.open = true)"
+        );
         anyhow::ensure!(!self.listen.is_empty(), "swarm.listen is empty");
         for addr in self
             .listen
@@ -103,7 +198,18 @@ impl SwarmSettings {
             peer.parse::<PeerId>()
                 .with_context(|| format!("swarm.allow_peers: {peer:?} is not a peer id"))?;
         }
+        self.gossip.gossipsub_config(64 * 1024)?;
         Ok(())
+    }
+
+    /// Whether mDNS runs: as set, else only in a keyed swarm.
+    pub fn mdns_on(&self) -> bool {
+        self.mdns.unwrap_or(self.swarm_key.is_some())
+    }
+
+    /// Whether Kademlia runs: as set, else only in a keyed swarm.
+    pub fn kademlia_on(&self) -> bool {
+        self.kademlia.unwrap_or(self.swarm_key.is_some())
     }
 
     pub fn psk(&self) -> anyhow::Result<Option<PreSharedKey>> {
@@ -145,6 +251,7 @@ mod tests {
     fn enabled() -> SwarmSettings {
         SwarmSettings {
             enabled: true,
+            open: true,
             ..SwarmSettings::default()
         }
     }
@@ -195,6 +302,16 @@ mod tests {
                 },
                 "relay_max_circuit",
             ),
+            (
+                SwarmSettings {
+                    gossip: GossipSettings {
+                        mesh_n: 3,
+                        ..GossipSettings::default()
+                    },
+                    ..enabled()
+                },
+                "swarm.gossip",
+            ),
         ];
         for (settings, expected) in cases {
             let error = settings.validate().expect_err("refused").to_string();
@@ -207,5 +324,54 @@ mod tests {
             ..enabled()
         };
         good.validate().expect("valid");
+    }
+
+    #[test]
+    fn a_swarm_without_a_key_is_refused_unless_asked_for_by_name_and_then_stays_off_the_lan() {
+        let keyless = SwarmSettings {
+            enabled: true,
+            ..SwarmSettings::default()
+        };
+        let error = keyless.validate().expect_err("refused").to_string();
+        assert!(error.contains("--open-swarm"), "{error}");
+        assert!(error.contains("murmur-agent swarm-key"), "{error}");
+        let open = SwarmSettings {
+            open: true,
+            ..keyless.clone()
+        };
+        open.validate().expect("an open swarm asked for by name");
+        assert!(!open.mdns_on() && !open.kademlia_on());
+        let asked = SwarmSettings {
+            mdns: Some(true),
+            kademlia: Some(true),
+            ..open
+        };
+        assert!(asked.mdns_on() && asked.kademlia_on());
+        let keyed = SwarmSettings {
+            swarm_key: Some("00".repeat(32)),
+            ..keyless
+        };
+        keyed.validate().expect("a keyed swarm");
+        assert!(keyed.mdns_on() && keyed.kademlia_on());
+        let off = SwarmSettings {
+            mdns: Some(false),
+            ..keyed
+        };
+        assert!(!off.mdns_on() && off.kademlia_on());
+        let disabled = SwarmSettings::default();
+        disabled.validate().expect("no swarm, nothing to check");
+    }
+
+    /// Pinned: agents of different builds in one swarm must agree on it.
+    #[test]
+    fn the_gossip_message_id_is_the_same_for_every_build() {
+        assert_eq!(
+            gossip_message_id(b"murmur push").0,
+            hex::decode("540688eb17f18446e651472d3109c846def31267").unwrap()
+        );
+        assert_ne!(
+            gossip_message_id(b"murmur push"),
+            gossip_message_id(b"murmur push!")
+        );
     }
 }

@@ -9,6 +9,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetworkView {
     pub peer_id: String,
+    /// `private` (a swarm key guards every connection) or `open` (no key, asked for by name).
+    pub access: String,
+    /// The discovery this agent runs: `mdns`, `kademlia` (bootstrap peers are always dialled).
+    pub discovery: Vec<String>,
     pub listen_addresses: Vec<String>,
     /// Addresses peers were told they can reach us at (configured, or confirmed).
     pub external_addresses: Vec<String>,
