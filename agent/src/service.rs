@@ -140,7 +140,8 @@ impl Agent {
         replica::check_limits(&config.limits)?;
         // Every body is read against its row's CRC before anything is served. That pass reads
         // the whole body file, so it runs beside the rest of the start (the replica, the model,
-        // the index), which needs no body; its verdict comes first, as it names the damage.
+        // the index; only a catch-up or a rebuild reads bodies too, a rebuild all of them
+        // again); its verdict comes first, as it names the damage.
         let (replica, embedder, derived) = std::thread::scope(|scope| {
             let checked = scope.spawn(|| store.verify_bodies());
             let opened = Self::open_derived(&config, &identity, &store, sealer.as_deref());
