@@ -74,13 +74,21 @@ impl Default for AgentConfig {
 impl AgentConfig {
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let config = Self::parse_toml_file(path)?;
+        config
+            .validate()
+            .with_context(|| format!("checking config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The file as written, not yet checked: flags and variables may still complete it (a
+    /// swarm key given by flag), so the caller validates after merging them.
+    pub fn parse_toml_file(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let config: Self =
             toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-        config
-            .validate()
-            .with_context(|| format!("checking config {}", path.display()))?;
         Ok(config)
     }
 

@@ -266,7 +266,7 @@ fn main() -> Result<()> {
 /// The agent's config: the file, then flags and MURMUR_* variables over it.
 fn config_from(args: RunArgs) -> Result<AgentConfig> {
     let mut config = match &args.config {
-        Some(path) => AgentConfig::from_toml_file(path)?,
+        Some(path) => AgentConfig::parse_toml_file(path)?,
         None => AgentConfig::default(),
     };
     if let Some(dir) = args.data_dir {
