@@ -47,6 +47,15 @@ impl InMemoryBodies {
         (persists, events)
     }
 
+    /// Lets these bodies go by a retention policy: dropped here, and the engine told never to
+    /// want them again ([`Engine::evict`]).
+    pub fn evict<P: Clone + Ord + Debug>(&mut self, engine: &mut Engine<P>, ids: &[MemoryId]) {
+        for id in ids {
+            self.bodies.remove(id);
+        }
+        engine.evict(ids.iter().copied());
+    }
+
     pub fn get(&self, id: &MemoryId) -> Option<&[u8]> {
         self.bodies.get(id).map(Vec::as_slice)
     }

@@ -239,6 +239,10 @@ pub struct Engine<P> {
     /// Bodies the driver would not keep (its disk quota): not shown, not asked for, until
     /// [`Engine::want_declined`] or a restart.
     declined: BTreeSet<MemoryId>,
+    /// Bodies the driver let go by its retention policy ([`Engine::evict`]): not shown, never
+    /// asked for again, and a body that still arrives is not offered. Peers and the manager
+    /// keep them; only a tombstone changes their state here.
+    evicted: BTreeSet<MemoryId>,
     body_requests: VecDeque<BodyRequest<P>>,
     peers: BTreeMap<P, PeerState>,
     pending: VecDeque<(u16, ValidatedChange)>,
@@ -279,6 +283,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             deleted: BTreeSet::new(),
             awaiting: BTreeSet::new(),
             declined: BTreeSet::new(),
+            evicted: BTreeSet::new(),
             body_requests: VecDeque::new(),
             peers: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -491,6 +496,29 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
     }
 
+    /// The driver let these memories' bodies go for good by its retention policy (they are
+    /// held elsewhere): they stop being shown here and are never asked for again, whatever
+    /// anti-entropy or a repeated push brings; their entries stay, so digests still agree
+    /// with peers. Deleted memories are skipped. The set is not in [`Snapshot`]: the driver
+    /// keeps it durably and evicts it again after [`Engine::load`] or [`Engine::resume`],
+    /// before it feeds the replica anything else.
+    pub fn evict(&mut self, ids: impl IntoIterator<Item = MemoryId>) {
+        for id in ids {
+            if self.deleted.contains(&id) {
+                continue;
+            }
+            self.visible.remove(&id);
+            self.awaiting.remove(&id);
+            self.declined.remove(&id);
+            self.evicted.insert(id);
+        }
+    }
+
+    /// Memories whose bodies the driver evicted ([`Engine::evict`]).
+    pub fn evicted_bodies(&self) -> usize {
+        self.evicted.len()
+    }
+
     /// The driver has room again: the declined bodies are asked for from peers.
     pub fn want_declined(&mut self) {
         let declined = std::mem::take(&mut self.declined);
@@ -609,7 +637,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
         }
         // Where bodies travel by hash, a memory whose body has not arrived can be deleted too:
         // the entry holds all a tombstone names.
-        let known = self.visible.contains(id) || self.awaiting.contains(id) || self.declined.contains(id);
+        let known = self.visible.contains(id)
+            || self.awaiting.contains(id)
+            || self.declined.contains(id)
+            || self.evicted.contains(id);
         let entry = self
             .entry(id)
             .filter(|_| known)
@@ -1069,7 +1100,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
             let Some(id) = MemoryRecord::id_in(&bytes) else {
                 return Err(ProtocolError::RejectedBody("not a memory record".into()));
             };
-            if self.visible.contains(&id) || self.deleted.contains(&id) {
+            if self.visible.contains(&id) || self.deleted.contains(&id) || self.evicted.contains(&id) {
                 continue;
             }
             let record = MemoryRecord::decode_verified(&bytes, &self.config.limits)
@@ -1146,7 +1177,10 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                     }
                 }
                 Effect::Entry { entry, body } => {
-                    if self.deleted.contains(&entry.id) || self.visible.contains(&entry.id) {
+                    if self.deleted.contains(&entry.id)
+                        || self.visible.contains(&entry.id)
+                        || self.evicted.contains(&entry.id)
+                    {
                         continue;
                     }
                     match body {
@@ -1167,6 +1201,7 @@ impl<P: Clone + Ord + Debug> Engine<P> {
                 Effect::Tombstone(t) => {
                     self.awaiting.remove(&t.id);
                     self.declined.remove(&t.id);
+                    self.evicted.remove(&t.id);
                     if self.deleted.insert(t.id) {
                         self.visible.remove(&t.id);
                         if emit {

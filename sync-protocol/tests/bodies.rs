@@ -348,3 +348,112 @@ fn declined_bodies_are_not_asked_for_until_the_driver_has_room() {
     );
     assert_eq!((b.visible_count(), b.declined_bodies()), (2, 0));
 }
+
+/// Retention: bodies a driver evicts stay gone. Anti-entropy rounds do not ask for them, a
+/// push that carries them again (gossip repeats) does not show them, a reload from persisted
+/// changes with the evicted set given back does not want them, and a tombstone still lands.
+#[test]
+fn evicted_bodies_are_never_asked_for_nor_shown_again() {
+    let config = config(Format::BodiesByHash);
+    let mut a: Engine<usize> = Engine::new(config.clone(), common::key_for(5, 0), 1, 0).unwrap();
+    let b_key = common::key_for(5, 1);
+    let mut b: Engine<usize> = Engine::new(config.clone(), b_key.clone(), 2, 0).unwrap();
+    let (mut a_bodies, mut b_bodies) = (
+        murmur_sync::InMemoryBodies::new(),
+        murmur_sync::InMemoryBodies::new(),
+    );
+    a.peer_connected(0, 1);
+    b.peer_connected(0, 0);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let drafts: Vec<_> = (0..4).map(|_| common::draft(&mut rng, 8)).collect();
+    let records = a.write(10, &drafts).unwrap();
+    a_bodies.settle(&mut a);
+    let pushes: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    let mut b_persisted = Vec::new();
+    for t in &pushes {
+        b.handle_incoming(11, &0, &t.bytes).unwrap();
+    }
+    b_persisted.extend(b_bodies.settle(&mut b).0);
+    assert_eq!(b.visible_count(), 4);
+
+    let evicted = [records[0].id, records[1].id];
+    b_bodies.evict(&mut b, &evicted);
+    assert_eq!((b.visible_count(), b.evicted_bodies()), (2, 2));
+
+    // The same pushes again, as gossip may repeat them: nothing comes back.
+    for t in &pushes {
+        b.handle_incoming(20, &0, &t.bytes).unwrap();
+    }
+    let (_, events) = b_bodies.settle(&mut b);
+    assert!(
+        events.is_empty(),
+        "a repeated push showed an evicted memory: {events:?}"
+    );
+
+    // Rounds both ways until in sync: no body is asked for, the replicas agree on what exists.
+    let mut now = 100;
+    for _ in 0..6 {
+        now += 10_000;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        for _ in 0..20 {
+            let from_a: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+            let from_b: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+            if from_a.is_empty() && from_b.is_empty() {
+                break;
+            }
+            assert!(
+                !from_b
+                    .iter()
+                    .any(|t| t.kind == murmur_sync::MessageKind::WantBodies),
+                "an evicted body was asked for"
+            );
+            for t in from_a {
+                b.handle_incoming(now, &0, &t.bytes).unwrap();
+            }
+            for t in from_b {
+                a.handle_incoming(now, &1, &t.bytes).unwrap();
+            }
+            b_persisted.extend(b_bodies.settle(&mut b).0);
+            a_bodies.settle(&mut a);
+        }
+    }
+    assert_eq!(a.root_digest(), b.root_digest(), "eviction changed what exists");
+    assert_eq!(b.visible_count(), 2);
+    assert!(!b_bodies.contains(&records[0].id));
+
+    // A restart from what B persisted, its evicted set given back: nothing is awaited.
+    let persisted: Vec<_> = b_persisted.iter().map(|p| (p.shard, p.change.clone())).collect();
+    let mut b = Engine::<usize>::load(
+        config,
+        b_key,
+        3,
+        now,
+        persisted,
+        murmur_sync::Signatures::Trusted,
+        |id| b_bodies.contains(id),
+    )
+    .unwrap();
+    assert_eq!(b.awaiting_bodies(), 2, "before the evicted set is given back");
+    b.evict(evicted);
+    assert_eq!(
+        (b.visible_count(), b.awaiting_bodies(), b.evicted_bodies()),
+        (2, 0, 2)
+    );
+
+    // The author deletes an evicted memory: the tombstone lands and the set shrinks.
+    a.delete(now, &records[0].id).unwrap();
+    a_bodies.settle(&mut a);
+    b.peer_connected(now, 0);
+    for t in std::iter::from_fn(|| a.poll_transmit()).collect::<Vec<_>>() {
+        b.handle_incoming(now, &0, &t.bytes).unwrap();
+    }
+    let (_, events) = b_bodies.settle(&mut b);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::MemoryDeleted { id, .. } if *id == records[0].id))
+    );
+    assert_eq!(b.evicted_bodies(), 1);
+    assert!(b.is_deleted(&records[0].id));
+}
