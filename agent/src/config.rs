@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub manager: crate::uplink::UplinkSettings,
     /// Encryption at rest of the memories' bodies and the vector index (off without a key).
     pub encryption: murmur_at_rest::EncryptionSettings,
+    /// Per-namespace limits past which memories from other devices are evicted here.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
             swarm: crate::swarm::SwarmSettings::default(),
             manager: crate::uplink::UplinkSettings::default(),
             encryption: murmur_at_rest::EncryptionSettings::default(),
+            retention: crate::retention::RetentionSettings::default(),
         }
     }
 }
@@ -114,6 +117,7 @@ impl AgentConfig {
         self.sync.engine_config()?;
         self.swarm.validate()?;
         self.manager.validate(self.swarm.swarm_key.is_some())?;
+        self.retention.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

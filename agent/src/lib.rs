@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod progress;
 pub mod replica;
 pub mod restore;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod state_file;

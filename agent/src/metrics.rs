@@ -55,6 +55,8 @@ pub struct Metrics {
     pub quota_rejections: Counter,
     pub quota_declined: Counter,
     pub declined_bodies: Gauge,
+    pub retention_evicted: Counter,
+    pub evicted_bodies: Gauge,
     pub embedding_seconds: Histogram,
     pub memories: Gauge,
     pub tombstones: Gauge,
@@ -102,6 +104,8 @@ impl Metrics {
             quota_rejections: Counter::default(),
             quota_declined: Counter::default(),
             declined_bodies: Gauge::default(),
+            retention_evicted: Counter::default(),
+            evicted_bodies: Gauge::default(),
             embedding_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             memories: Gauge::default(),
             tombstones: Gauge::default(),
@@ -197,6 +201,16 @@ impl Metrics {
                 "declined_bodies",
                 "Memories from peers not held for the disk quota, to fetch again once there is room",
                 m.declined_bodies.clone(),
+            );
+            r.register(
+                "retention_evicted",
+                "Memories from other devices let go here by the retention policy (held elsewhere)",
+                m.retention_evicted.clone(),
+            );
+            r.register(
+                "evicted_bodies",
+                "Memories evicted here by retention and not deleted since",
+                m.evicted_bodies.clone(),
             );
             r.register(
                 "embedding_seconds",

@@ -131,6 +131,12 @@ impl Replica {
             key: "sync_changes".into(),
             reason: e.to_string(),
         };
+        // What retention let go stays gone: given back before anything counts what is shown.
+        let evicted: Vec<MemoryId> = store
+            .evicted_ids()?
+            .into_iter()
+            .map(|id| MemoryId(id.into_bytes()))
+            .collect();
         if let Some((snapshot, mark)) = saved {
             let newer = store.sync_changes_since(mark, config.shards)?;
             let replayed = newer.len();
@@ -143,7 +149,11 @@ impl Replica {
                 newer,
                 Signatures::Trusted,
                 held,
-            ) {
+            )
+            .map(|mut engine| {
+                engine.evict(evicted.iter().copied());
+                engine
+            }) {
                 Ok(engine) if engine.visible_count() as u64 == store.counts()?.memories => {
                     tracing::debug!(replayed, "replica resumed from its saved snapshot");
                     return Ok(engine);
@@ -170,6 +180,10 @@ impl Replica {
             Signatures::Trusted,
             held,
         )
+        .map(|mut engine| {
+            engine.evict(evicted);
+            engine
+        })
         .map_err(corrupt)
     }
 
@@ -302,6 +316,7 @@ impl Replica {
             visible: engine.visible_count(),
             awaiting_bodies: engine.awaiting_bodies(),
             declined_bodies: engine.declined_bodies(),
+            evicted_bodies: engine.evicted_bodies(),
             pending_changes: engine.pending_changes(),
             catching_up: engine.is_catching_up(),
             peers: engine
@@ -345,6 +360,8 @@ pub struct SyncStatus {
     /// Memories from peers not kept because the disk quota was reached; fetched again once a
     /// delete makes room (or at the next start).
     pub declined_bodies: usize,
+    /// Memories from other devices let go here by the retention policy; never fetched again.
+    pub evicted_bodies: usize,
     pub pending_changes: usize,
     /// Writes wait until a round with a peer or the manager ends in sync: the store was
     /// restored or replaced while the identity key was kept.

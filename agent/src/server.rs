@@ -40,11 +40,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let uplink_task = crate::uplink::start(agent.clone(), &agent.config().manager)
         .context("starting the manager uplink")?;
     let saver = tokio::spawn(save_periodically(agent.clone(), save_every));
+    let retention = tokio::spawn(enforce_retention_periodically(agent.clone()));
     axum::serve(listener, api::router(agent.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
     saver.abort();
+    retention.abort();
     if let Some(task) = uplink_task {
         task.abort();
     }
@@ -69,6 +71,23 @@ async fn save_periodically(agent: Arc<Agent>, every: Duration) {
         }
     }
 }
+
+/// Retention at start, then every few seconds where a limit is by age (time alone makes
+/// memories due); count and byte limits are also kept after each received batch.
+async fn enforce_retention_periodically(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(RETENTION_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(error) = agent.enforce_retention().await {
+            tracing::warn!(%error, "applying the retention policy failed; trying again later");
+        }
+        if !agent.config().retention.has_age_limit() {
+            return;
+        }
+    }
+}
+
+const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

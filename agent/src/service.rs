@@ -90,9 +90,19 @@ pub struct Stats {
     pub author: String,
     pub generation: u64,
     pub sync: SyncStatus,
+    /// Per namespace holding memories from other devices: how many and their bytes (what
+    /// retention may evict), and the limits that apply to it.
+    pub retention: std::collections::BTreeMap<String, RetentionStatus>,
     /// The network as the swarm driver sees it (absent when the swarm is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swarm: Option<crate::swarm::NetworkView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetentionStatus {
+    pub from_other_devices: u64,
+    pub bytes_from_other_devices: u64,
+    pub limits: Option<crate::retention::Limits>,
 }
 
 pub struct Agent {
@@ -132,6 +142,9 @@ impl Agent {
         let store = Store::open_sealed(&dir.join("db"), config.cache_bytes, sealer.clone())
             .context("opening the database")?;
         let new_store = store.check_format().context("opening the database")?;
+        store
+            .track_retention(&identity.public_hex())
+            .context("listing what retention may evict")?;
         if new_store && !identity.created() {
             // A device that kept its key and lost its store (or a restore): what the key signed
             // before may be ahead of this store elsewhere.
@@ -579,6 +592,72 @@ impl Agent {
         }
         self.index_dirty.store(true, Ordering::Release);
         self.metrics.memories_received.inc_by(inserts.len() as u64);
+        let touched: std::collections::BTreeSet<String> =
+            inserts.iter().map(|memory| memory.namespace.clone()).collect();
+        self.evict_past_limits(touched, now_ms()).await?;
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// Lets go, oldest first, the memories from other devices that the retention policy no
+    /// longer keeps in these namespaces: erased from the store (durably first), the index and
+    /// the filter facts, and never asked for again by the replica. The caller holds the write
+    /// guard. Each pass reads only what it evicts, so its cost does not grow with the store.
+    async fn evict_past_limits(
+        &self,
+        namespaces: std::collections::BTreeSet<String>,
+        now: u64,
+    ) -> Result<()> {
+        for namespace in namespaces {
+            let Some(limits) = self.config.retention.limits_for(&namespace) else {
+                continue;
+            };
+            loop {
+                let held = self.store.evictable(&namespace)?;
+                let ids = self
+                    .store
+                    .oldest_evictable(&namespace, limits.walker(held, now))?;
+                if ids.is_empty() {
+                    break;
+                }
+                let labels = self.store.evict(&namespace, &ids).await?;
+                self.replica
+                    .lock()
+                    .evict(ids.iter().map(|id| murmur_sync::MemoryId(id.into_bytes())));
+                for label in &labels {
+                    self.index.remove(*label)?;
+                }
+                {
+                    let mut attrs = self.attrs_write();
+                    for label in &labels {
+                        attrs.remove(*label);
+                    }
+                }
+                self.index_dirty.store(true, Ordering::Release);
+                self.metrics.retention_evicted.inc_by(labels.len() as u64);
+                tracing::debug!(%namespace, evicted = labels.len(), "retention let memories from other devices go");
+                if ids.len() < crate::retention::EVICTIONS_PER_PASS {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the retention policy to every namespace holding memories from other devices:
+    /// at start (limits may have been lowered) and on a timer when a limit is by age.
+    pub async fn enforce_retention(&self) -> Result<()> {
+        if self.config.retention.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.write_guard().await;
+        let namespaces = self
+            .store
+            .evictable_namespaces()?
+            .into_iter()
+            .map(|(namespace, _)| namespace)
+            .collect();
+        self.evict_past_limits(namespaces, now_ms()).await?;
         self.refresh_gauges();
         Ok(())
     }
@@ -894,6 +973,19 @@ impl Agent {
             author: self.identity.public_hex(),
             generation: self.store.generation()?,
             sync: self.replica.status(),
+            retention: self
+                .store
+                .evictable_namespaces()?
+                .into_iter()
+                .map(|(namespace, held)| {
+                    let status = RetentionStatus {
+                        from_other_devices: held.count,
+                        bytes_from_other_devices: held.bytes,
+                        limits: self.config.retention.limits_for(&namespace),
+                    };
+                    (namespace, status)
+                })
+                .collect(),
             swarm: self.swarm.get().map(crate::swarm::SwarmHandle::view),
         })
     }
@@ -907,9 +999,11 @@ impl Agent {
             Err(error) => tracing::warn!(%error, "reading the store's counts"),
         }
         self.metrics.index_size.set(self.index.len() as i64);
-        self.metrics
-            .declined_bodies
-            .set(self.replica.lock().declined_bodies() as i64);
+        {
+            let engine = self.replica.lock();
+            self.metrics.declined_bodies.set(engine.declined_bodies() as i64);
+            self.metrics.evicted_bodies.set(engine.evicted_bodies() as i64);
+        }
         if let Ok(bytes) = self.disk_bytes() {
             self.metrics.disk_bytes.set(bytes as i64);
         }

@@ -7,6 +7,11 @@
 //! generation counter moves with every write, so a saved index can tell whether it is stale.
 //! The counts of live memories and tombstones move in the same transactions, because sled
 //! 0.34's `Tree::len()` walks the whole tree and the gauges are read after every write.
+//! Retention: `evictable` (namespace \0 id -> body bytes) lists, oldest first, the memories
+//! from other authors, which a retention policy may let go (this device's own writes stay:
+//! it may be the only holder); `meta` keeps its count and bytes per namespace, moved in the
+//! same transactions. `evicted` (id -> namespace) holds what was let go, so the replica never
+//! asks for it again.
 //! `sync_changes` holds the swarm's CRDT state (murmur-sync's signed changes, key: shard then
 //! a unique sequence number) and is written in the same transactions as the memories it
 //! describes, so the two never disagree after a crash.
@@ -41,6 +46,11 @@ const CATCHING_UP_KEY: &[u8] = b"catching_up";
 const CLOSED_CLEANLY_KEY: &[u8] = b"closed_cleanly";
 /// The fingerprint of the key that seals the bodies, when encryption at rest is on.
 const AT_REST_KEY: &[u8] = b"at_rest_key";
+/// Set once `evictable` lists every memory from another author (stores from before it kept
+/// one are indexed at their first open).
+const EVICTABLE_INDEXED_KEY: &[u8] = b"evictable_indexed";
+/// Prefix of the per-namespace (count, bytes) of `evictable` in `meta`.
+const EVICTABLE_COUNTS_PREFIX: &[u8] = b"evictable/";
 /// 4: memory bodies (signed records) in the body file, rows in `memories`, `sync_changes` only
 /// entries (sync wire version 2).
 const STORE_FORMAT: u8 = 4;
@@ -72,6 +82,40 @@ impl Counts {
 struct CountDelta {
     memories: i64,
     tombstones: i64,
+    /// Per namespace: evictable memories and their body bytes.
+    evictable: std::collections::BTreeMap<String, (i64, i64)>,
+}
+
+/// How many memories from other authors a namespace holds here, and their bodies' bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evictable {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Evictable {
+    fn encode(self) -> [u8; 16] {
+        Counts {
+            memories: self.count,
+            tombstones: self.bytes,
+        }
+        .encode()
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        let counts = Counts::decode(bytes).ok_or_else(|| AgentError::CorruptRecord {
+            key: key.to_owned(),
+            reason: format!("{} bytes, expected 16", bytes.len()),
+        })?;
+        Ok(Self {
+            count: counts.memories,
+            bytes: counts.tombstones,
+        })
+    }
+}
+
+fn evictable_counts_key(namespace: &str) -> Vec<u8> {
+    [EVICTABLE_COUNTS_PREFIX, namespace.as_bytes()].concat()
 }
 
 impl CountDelta {
@@ -98,7 +142,32 @@ impl CountDelta {
             tombstones: apply(current.tombstones, self.tombstones, "tombstone")?,
         };
         meta.insert(COUNTS_KEY, &next.encode())?;
+        for (namespace, (count, bytes)) in &self.evictable {
+            let key = evictable_counts_key(namespace);
+            let name = format!("meta/evictable/{namespace}");
+            let current = match meta.get(&key)? {
+                Some(stored) => {
+                    Evictable::decode(&name, &stored).map_err(ConflictableTransactionError::Abort)?
+                }
+                None => Evictable::default(),
+            };
+            let next = Evictable {
+                count: apply(current.count, *count, "evictable memory")?,
+                bytes: apply(current.bytes, *bytes, "evictable byte")?,
+            };
+            if next == Evictable::default() {
+                meta.remove(key)?;
+            } else {
+                meta.insert(key, &next.encode())?;
+            }
+        }
         Ok(())
+    }
+
+    fn evictable(&mut self, namespace: &str, count: i64, bytes: i64) {
+        let entry = self.evictable.entry(namespace.to_owned()).or_default();
+        entry.0 += count;
+        entry.1 += bytes;
     }
 }
 
@@ -110,6 +179,11 @@ pub struct Store {
     tombstones: sled::Tree,
     meta: sled::Tree,
     sync_changes: sled::Tree,
+    evictable: sled::Tree,
+    evicted: sled::Tree,
+    /// This device's author key (hex): its own memories are never evictable. Set by
+    /// [`Store::track_retention`]; until then nothing is listed as evictable.
+    own_author: std::sync::OnceLock<String>,
     /// Bodies of deleted memories whose bytes are still in the body file: offset -> length.
     /// Written in the delete's transaction and emptied once the bytes are erased, so a crash
     /// in between erases them at the next open.
@@ -160,30 +234,62 @@ fn bump_generation(meta: &TransactionalTree) -> Result<u64, ConflictableTransact
 
 type TxResult = Result<(), ConflictableTransactionError<AgentError>>;
 
-/// Puts the rows of appended memories and their namespace and label entries, and the body
-/// file's new end, inside a transaction; counts the memories new to the store.
-fn put_memories(
-    trees: (
-        &TransactionalTree,
-        &TransactionalTree,
-        &TransactionalTree,
-        &TransactionalTree,
-    ),
-    appended: &Appended,
-    delta: &mut CountDelta,
-) -> TxResult {
-    let (memories, namespaces, labels, meta) = trees;
-    for (stored, row) in &appended.rows {
-        let memory = &stored.memory;
-        let key = memory.id.as_bytes();
-        if memories.insert(key.as_slice(), row.as_slice())?.is_none() {
-            delta.memories += 1;
+/// The trees every write of memories touches, inside one transaction.
+struct MemoryTrees<'a> {
+    memories: &'a TransactionalTree,
+    namespaces: &'a TransactionalTree,
+    labels: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    evictable: &'a TransactionalTree,
+}
+
+impl MemoryTrees<'_> {
+    /// Puts the rows of appended memories, their namespace, label and (from other authors)
+    /// evictable entries, and the body file's new end; counts the memories new to the store.
+    fn put(&self, appended: &Appended, own_author: Option<&str>, delta: &mut CountDelta) -> TxResult {
+        for (stored, row) in &appended.rows {
+            let memory = &stored.memory;
+            let key = memory.id.as_bytes();
+            if self.memories.insert(key.as_slice(), row.as_slice())?.is_none() {
+                delta.memories += 1;
+                if own_author.is_some_and(|own| own != memory.author) {
+                    let len = stored.record.len() as u32;
+                    self.evictable
+                        .insert(namespace_key(&memory.namespace, &memory.id), &len.to_be_bytes())?;
+                    delta.evictable(&memory.namespace, 1, i64::from(len));
+                }
+            }
+            self.namespaces
+                .insert(namespace_key(&memory.namespace, &memory.id), &[])?;
+            self.labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
         }
-        namespaces.insert(namespace_key(&memory.namespace, &memory.id), &[])?;
-        labels.insert(&memory.label.to_be_bytes(), key.as_slice())?;
+        self.meta.insert(BODIES_END_KEY, &appended.end.to_be_bytes())?;
+        Ok(())
     }
-    meta.insert(BODIES_END_KEY, &appended.end.to_be_bytes())?;
-    Ok(())
+
+    /// Takes a held memory's rows out (a delete or an eviction); false when another
+    /// transaction took it first.
+    fn remove(
+        &self,
+        id: &Uuid,
+        namespace: &str,
+        label: u64,
+        delta: &mut CountDelta,
+    ) -> Result<bool, ConflictableTransactionError<AgentError>> {
+        if self.memories.remove(id.as_bytes())?.is_none() {
+            return Ok(false);
+        }
+        delta.memories -= 1;
+        let key = namespace_key(namespace, id);
+        self.namespaces.remove(key.as_slice())?;
+        self.labels.remove(&label.to_be_bytes())?;
+        if let Some(len) = self.evictable.remove(key)? {
+            let len =
+                decode_u32(&format!("evictable/{id}"), &len).map_err(ConflictableTransactionError::Abort)?;
+            delta.evictable(namespace, -1, -i64::from(len));
+        }
+        Ok(true)
+    }
 }
 
 /// Records inside a delete's transaction that these bodies must be erased.
@@ -216,6 +322,16 @@ fn decode_u64(key: &str, bytes: &[u8]) -> Result<u64> {
         .map_err(|_| AgentError::CorruptRecord {
             key: key.to_owned(),
             reason: format!("{} bytes, expected 8", bytes.len()),
+        })
+}
+
+fn decode_u32(key: &str, bytes: &[u8]) -> Result<u32> {
+    bytes
+        .try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| AgentError::CorruptRecord {
+            key: key.to_owned(),
+            reason: format!("{} bytes, expected 4", bytes.len()),
         })
 }
 
@@ -262,6 +378,9 @@ impl Store {
             tombstones: db.open_tree("tombstones")?,
             sync_changes: db.open_tree("sync_changes")?,
             erasures: db.open_tree("erasures")?,
+            evictable: db.open_tree("evictable")?,
+            evicted: db.open_tree("evicted")?,
+            own_author: std::sync::OnceLock::new(),
             meta,
             bodies,
             db,
@@ -277,15 +396,7 @@ impl Store {
         for item in self.erasures.iter() {
             let (key, value) = item?;
             let offset = decode_u64("erasures (a key)", &key)?;
-            let len =
-                value
-                    .as_ref()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| AgentError::CorruptRecord {
-                        key: format!("erasures/{offset}"),
-                        reason: format!("{} bytes, expected 4", value.len()),
-                    })?;
+            let len = decode_u32(&format!("erasures/{offset}"), &value)?;
             slots.push(Slot { offset, len });
         }
         if !slots.is_empty() {
@@ -440,24 +551,31 @@ impl Store {
     pub async fn insert(&self, memories: &[StoredMemory], changes: &[Persist]) -> Result<u64> {
         let change_rows = self.change_rows(changes)?;
         let appended = self.append(memories)?;
+        let own_author = self.own_author.get().map(String::as_str);
         let committed = (
             &self.memories,
             &self.by_namespace,
             &self.labels,
             &self.meta,
             &self.sync_changes,
+            &self.evictable,
         )
-            .transaction(|(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes)| {
-                let mut delta = CountDelta::default();
-                put_memories(
-                    (tx_memories, tx_namespaces, tx_labels, tx_meta),
-                    &appended,
-                    &mut delta,
-                )?;
-                put_rows(tx_changes, &change_rows)?;
-                delta.commit(tx_meta)?;
-                bump_generation(tx_meta)
-            })
+            .transaction(
+                |(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_changes, tx_evictable)| {
+                    let mut delta = CountDelta::default();
+                    let trees = MemoryTrees {
+                        memories: tx_memories,
+                        namespaces: tx_namespaces,
+                        labels: tx_labels,
+                        meta: tx_meta,
+                        evictable: tx_evictable,
+                    };
+                    trees.put(&appended, own_author, &mut delta)?;
+                    put_rows(tx_changes, &change_rows)?;
+                    delta.commit(tx_meta)?;
+                    bump_generation(tx_meta)
+                },
+            )
             .map_err(flatten);
         let generation = self.settle_append(committed, &appended)?;
         self.db.flush_async().await?;
@@ -508,6 +626,7 @@ impl Store {
         }
         let change_rows = self.change_rows(changes)?;
         let appended = self.append(inserts)?;
+        let own_author = self.own_author.get().map(String::as_str);
         let committed = (
             &self.memories,
             &self.by_namespace,
@@ -516,24 +635,37 @@ impl Store {
             &self.meta,
             &self.sync_changes,
             &self.erasures,
+            &self.evictable,
+            &self.evicted,
         )
             .transaction(
-                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes, tx_erasures)| {
+                |(
+                    tx_memories,
+                    tx_namespaces,
+                    tx_labels,
+                    tx_tombstones,
+                    tx_meta,
+                    tx_changes,
+                    tx_erasures,
+                    tx_evictable,
+                    tx_evicted,
+                )| {
                     let mut delta = CountDelta::default();
-                    put_memories(
-                        (tx_memories, tx_namespaces, tx_labels, tx_meta),
-                        &appended,
-                        &mut delta,
-                    )?;
+                    let trees = MemoryTrees {
+                        memories: tx_memories,
+                        namespaces: tx_namespaces,
+                        labels: tx_labels,
+                        meta: tx_meta,
+                        evictable: tx_evictable,
+                    };
+                    trees.put(&appended, own_author, &mut delta)?;
                     queue_erasures(tx_erasures, &erased)?;
                     for memory in &removed {
-                        if tx_memories.remove(memory.id.as_bytes())?.is_some() {
-                            delta.memories -= 1;
-                        }
-                        tx_namespaces.remove(namespace_key(&memory.namespace, &memory.id))?;
-                        tx_labels.remove(&memory.label.to_be_bytes())?;
+                        trees.remove(&memory.id, &memory.namespace, memory.label, &mut delta)?;
                     }
                     for (id, tombstone) in deletes.iter().map(|(id, _)| id).zip(&tombstone_rows) {
+                        // A tombstone replaces an eviction: only the delete is remembered.
+                        tx_evicted.remove(id.as_bytes())?;
                         if tx_tombstones
                             .insert(id.as_bytes(), tombstone.as_slice())?
                             .is_none()
@@ -643,27 +775,39 @@ impl Store {
             &self.meta,
             &self.sync_changes,
             &self.erasures,
+            &self.evictable,
         )
             .transaction(
-                |(tx_memories, tx_namespaces, tx_labels, tx_tombstones, tx_meta, tx_changes, tx_erasures)| {
-                    if tx_memories.remove(id.as_bytes())?.is_none() {
+                |(
+                    tx_memories,
+                    tx_namespaces,
+                    tx_labels,
+                    tx_tombstones,
+                    tx_meta,
+                    tx_changes,
+                    tx_erasures,
+                    tx_evictable,
+                )| {
+                    let trees = MemoryTrees {
+                        memories: tx_memories,
+                        namespaces: tx_namespaces,
+                        labels: tx_labels,
+                        meta: tx_meta,
+                        evictable: tx_evictable,
+                    };
+                    let mut delta = CountDelta::default();
+                    if !trees.remove(&id, &memory.namespace, memory.label, &mut delta)? {
                         // Deleted concurrently by another request.
                         return Err(ConflictableTransactionError::Abort(AgentError::Deleted(
                             id.to_string(),
                         )));
                     }
-                    let mut delta = CountDelta {
-                        memories: -1,
-                        tombstones: 0,
-                    };
-                    tx_namespaces.remove(namespace_key(&memory.namespace, &id))?;
-                    tx_labels.remove(&memory.label.to_be_bytes())?;
                     queue_erasures(tx_erasures, &[row.slot])?;
                     if tx_tombstones
                         .insert(id.as_bytes(), tombstone_bytes.as_slice())?
                         .is_none()
                     {
-                        delta.tombstones = 1;
+                        delta.tombstones += 1;
                     }
                     put_rows(tx_changes, &change_rows)?;
                     delta.commit(tx_meta)?;
@@ -873,6 +1017,152 @@ impl Store {
             return Ok(None);
         }
         Ok(Some(kept.unwrap_or_default()))
+    }
+
+    /// Names this device's author key, whose memories are never evictable, and lists every
+    /// memory from another author as evictable if this store has no such list yet (one made
+    /// before retention existed): one pass over the memories, at that first open only.
+    pub fn track_retention(&self, own_author: &str) -> Result<()> {
+        let _ = self.own_author.set(own_author.to_owned());
+        if self.meta.contains_key(EVICTABLE_INDEXED_KEY)? {
+            return Ok(());
+        }
+        self.evictable.clear()?;
+        for item in self.meta.scan_prefix(EVICTABLE_COUNTS_PREFIX).keys() {
+            self.meta.remove(item?)?;
+        }
+        let mut counts: std::collections::BTreeMap<String, Evictable> = Default::default();
+        for item in self.memories.iter() {
+            let (key, value) = item?;
+            let id = uuid_suffix(&key);
+            let row = Row::decode(id, &value)?;
+            let body = self.bodies.read(row.slot)?;
+            let memory = Memory::decode(id, &row, &body)?;
+            if memory.author == own_author {
+                continue;
+            }
+            let len = body.len() as u32;
+            self.evictable
+                .insert(namespace_key(&memory.namespace, &id), &len.to_be_bytes())?;
+            let count = counts.entry(memory.namespace).or_default();
+            count.count += 1;
+            count.bytes += u64::from(len);
+        }
+        for (namespace, count) in &counts {
+            self.meta
+                .insert(evictable_counts_key(namespace), &count.encode())?;
+        }
+        self.meta.insert(EVICTABLE_INDEXED_KEY, &[1])?;
+        self.db.flush()?;
+        if !counts.is_empty() {
+            tracing::info!(
+                namespaces = counts.len(),
+                memories = counts.values().map(|c| c.count).sum::<u64>(),
+                "listed the memories from other devices that retention may evict"
+            );
+        }
+        Ok(())
+    }
+
+    /// Memories from other authors in `namespace` and their bodies' bytes: no scan.
+    pub fn evictable(&self, namespace: &str) -> Result<Evictable> {
+        match self.meta.get(evictable_counts_key(namespace))? {
+            Some(bytes) => Evictable::decode(&format!("meta/evictable/{namespace}"), &bytes),
+            None => Ok(Evictable::default()),
+        }
+    }
+
+    /// Every namespace with evictable memories, with their counts (one entry per namespace).
+    pub fn evictable_namespaces(&self) -> Result<Vec<(String, Evictable)>> {
+        self.meta
+            .scan_prefix(EVICTABLE_COUNTS_PREFIX)
+            .map(|item| {
+                let (key, value) = item?;
+                let namespace = String::from_utf8_lossy(&key[EVICTABLE_COUNTS_PREFIX.len()..]).into_owned();
+                let counts = Evictable::decode(&format!("meta/evictable/{namespace}"), &value)?;
+                Ok((namespace, counts))
+            })
+            .collect()
+    }
+
+    /// The evictable memories of `namespace`, oldest first, for as long as `take` says yes to
+    /// each (id, body bytes): reads only what it returns and one entry more.
+    pub fn oldest_evictable(
+        &self,
+        namespace: &str,
+        mut take: impl FnMut(Uuid, u64) -> bool,
+    ) -> Result<Vec<Uuid>> {
+        let mut prefix = namespace.as_bytes().to_vec();
+        prefix.push(0);
+        let mut ids = Vec::new();
+        for item in self.evictable.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let id = uuid_suffix(&key);
+            let len = decode_u32(&format!("evictable/{id}"), &value)?;
+            if !take(id, u64::from(len)) {
+                break;
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Lets held memories of `namespace` go by a retention policy, durably: their bodies are
+    /// erased as a delete's are, but no tombstone is written; `evicted` remembers them so the
+    /// replica never asks for them again. Returns the index labels of those it let go (one
+    /// not held any more is skipped).
+    pub async fn evict(&self, namespace: &str, ids: &[Uuid]) -> Result<Vec<u64>> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.row(*id)? {
+                rows.push((*id, row));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let slots: Vec<Slot> = rows.iter().map(|(_, row)| row.slot).collect();
+        (
+            &self.memories,
+            &self.by_namespace,
+            &self.labels,
+            &self.meta,
+            &self.evictable,
+            &self.evicted,
+            &self.erasures,
+        )
+            .transaction(
+                |(tx_memories, tx_namespaces, tx_labels, tx_meta, tx_evictable, tx_evicted, tx_erasures)| {
+                    let trees = MemoryTrees {
+                        memories: tx_memories,
+                        namespaces: tx_namespaces,
+                        labels: tx_labels,
+                        meta: tx_meta,
+                        evictable: tx_evictable,
+                    };
+                    let mut delta = CountDelta::default();
+                    for (id, row) in &rows {
+                        trees.remove(id, namespace, row.label, &mut delta)?;
+                        tx_evicted.insert(id.as_bytes(), namespace.as_bytes())?;
+                    }
+                    queue_erasures(tx_erasures, &slots)?;
+                    delta.commit(tx_meta)?;
+                    bump_generation(tx_meta).map(|_| ())
+                },
+            )
+            .map_err(flatten)?;
+        self.db.flush_async().await?;
+        self.erase_committed(&slots);
+        Ok(rows.iter().map(|(_, row)| row.label).collect())
+    }
+
+    /// Every memory retention let go and no delete has replaced, for the replica at start.
+    pub fn evicted_ids(&self) -> Result<Vec<Uuid>> {
+        self.evicted
+            .iter()
+            .keys()
+            .map(|key| Ok(uuid_suffix(&key?)))
+            .collect()
     }
 
     /// The database's and the body file's bytes on disk.
