@@ -207,8 +207,16 @@ impl BodyFile {
         if slots.is_empty() {
             return Ok(());
         }
+        let block = self
+            .file
+            .metadata()
+            .map_err(io_error(&self.path, "reading its block size"))?
+            .blksize()
+            .max(512);
         for slot in slots {
-            if !self.punch_hole(*slot) {
+            if self.punch_hole(slot.offset, u64::from(slot.len)) {
+                self.free_zeroed_edges(*slot, block);
+            } else {
                 self.file
                     .write_all_at(&vec![0u8; slot.len as usize], slot.offset)
                     .map_err(io_error(&self.path, "erasing"))?;
@@ -217,12 +225,40 @@ impl BodyFile {
         self.file.sync_data().map_err(io_error(&self.path, "syncing"))
     }
 
-    fn punch_hole(&self, slot: Slot) -> bool {
+    /// A hole frees only the blocks it covers whole, so a block two erased bodies shared would
+    /// stay allocated (zeroed) for good, and a quota could never win back ~one block per body.
+    /// Frees the blocks at the slot's ends once they read all zeros: punching zeros loses
+    /// nothing, whatever body they belong to. The block an append may still be filling is
+    /// left alone, under the lock appends take.
+    fn free_zeroed_edges(&self, slot: Slot, block: u64) {
+        if slot.len == 0 {
+            return;
+        }
+        let end = self.end();
+        let first = slot.offset / block * block;
+        let last = (slot.end() - 1) / block * block;
+        let edges = if first == last {
+            vec![first]
+        } else {
+            vec![first, last]
+        };
+        let mut bytes = vec![0u8; block as usize];
+        for start in edges {
+            if start + block > *end {
+                continue;
+            }
+            let zeroed = self.file.read_exact_at(&mut bytes, start).is_ok() && bytes.iter().all(|b| *b == 0);
+            if zeroed {
+                self.punch_hole(start, block);
+            }
+        }
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> bool {
         use std::os::fd::AsRawFd;
-        let Ok(offset) = libc::off_t::try_from(slot.offset) else {
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return false;
         };
-        let len = libc::off_t::from(slot.len);
         // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
         // `self.file` and open for writing for the whole call.
         let done = unsafe {
@@ -276,6 +312,28 @@ mod tests {
         drop(file);
         let error = BodyFile::open(&path, end + 1, None).err().unwrap().to_string();
         assert!(error.contains("truncated or replaced"), "{error}");
+    }
+
+    /// Bodies that share blocks: once every body in a block is erased the block is freed,
+    /// while a block a live body still uses keeps its bytes.
+    #[test]
+    fn erasing_neighbours_frees_the_blocks_they_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bodies");
+        let file = BodyFile::open(&path, 0, None).unwrap();
+        let block = std::fs::metadata(&path).unwrap().blksize();
+        let body = vec![0xAB; block as usize + block as usize / 4];
+        let bodies: Vec<&[u8]> = (0..8).map(|_| body.as_slice()).collect();
+        let (slots, _) = file.append(&bodies).unwrap();
+        let full = file.disk_bytes();
+        file.erase(&slots[..7]).unwrap();
+        // Only the blocks under the last body (at most three) stay.
+        assert!(
+            file.disk_bytes() <= 3 * block,
+            "{} bytes allocated after erasing 7 of 8 bodies ({full} before, blocks of {block})",
+            file.disk_bytes()
+        );
+        assert_eq!(file.read(slots[7]).unwrap(), body);
     }
 
     #[test]
