@@ -54,6 +54,7 @@ pub struct Metrics {
     pub uplink_manager_rank: Gauge,
     pub quota_rejections: Counter,
     pub quota_declined: Counter,
+    pub quota_evicted: Counter,
     pub declined_bodies: Gauge,
     pub retention_evicted: Counter,
     pub evicted_bodies: Gauge,
@@ -103,6 +104,7 @@ impl Metrics {
             uplink_manager_rank: Gauge::default(),
             quota_rejections: Counter::default(),
             quota_declined: Counter::default(),
+            quota_evicted: Counter::default(),
             declined_bodies: Gauge::default(),
             retention_evicted: Counter::default(),
             evicted_bodies: Gauge::default(),
@@ -198,6 +200,11 @@ impl Metrics {
                 m.quota_declined.clone(),
             );
             r.register(
+                "quota_evicted",
+                "Memories from other devices let go here to make room under the disk quota (held elsewhere)",
+                m.quota_evicted.clone(),
+            );
+            r.register(
                 "declined_bodies",
                 "Memories from peers not held for the disk quota, to fetch again once there is room",
                 m.declined_bodies.clone(),
@@ -209,7 +216,7 @@ impl Metrics {
             );
             r.register(
                 "evicted_bodies",
-                "Memories evicted here by retention and not deleted since",
+                "Memories evicted here (retention or the disk quota) and not deleted since",
                 m.evicted_bodies.clone(),
             );
             r.register(

@@ -323,7 +323,11 @@ impl Agent {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.check_quota()?;
+        // Refused before the embedding's cost when nothing could make room (the quota is
+        // checked again, after making room, under the write lock).
+        if self.store.evictable_bytes()? == 0 {
+            self.check_quota()?;
+        }
 
         let to_embed: Vec<String> = valid
             .iter()
@@ -359,6 +363,9 @@ impl Agent {
                 vector,
             });
         }
+        // Past the quota, copies of other devices' memories make room for this device's own.
+        self.make_room(drafts.iter().map(draft_bytes).sum()).await?;
+        self.check_quota()?;
         // The replica signs each memory and gives it its id; the store keeps it at the
         // precision the record carries, so search answers with what a restart gives back.
         let (records, changes) = self.replica.write(&drafts)?;
@@ -534,17 +541,20 @@ impl Agent {
         let (inserts, declined, removed) = self
             .replica
             .stored_or_forgotten(&self.store, async {
-                // Past the disk quota, memories from peers are not kept, as local writes are
-                // refused; their changes are (entries and tombstones are small), so this agent
-                // keeps syncing and fetches the bodies again once there is room.
-                let (kept, declined): (_, Vec<murmur_sync::MemoryId>) = match self.quota_exceeded()? {
-                    Some(_) => (Vec::new(), added.iter().map(|record| record.id).collect()),
-                    None => (added, Vec::new()),
-                };
-                let inserts = kept
+                let received = added
                     .iter()
                     .map(|record| Ok(StoredMemory::from_record(record, self.store.next_label()?)))
                     .collect::<Result<Vec<_>>>()?;
+                // Past the disk quota, the oldest memories from other devices make room, in
+                // retention's order. What still finds none is not kept, as local writes are
+                // refused; its changes are (entries and tombstones are small), so this agent
+                // keeps syncing and fetches the bodies again once there is room.
+                self.make_room(received.iter().map(|m| m.record.len() as u64).sum())
+                    .await?;
+                let (inserts, declined): (_, Vec<murmur_sync::MemoryId>) = match self.quota_exceeded()? {
+                    Some(_) => (Vec::new(), added.iter().map(|record| record.id).collect()),
+                    None => (received, Vec::new()),
+                };
                 let (removed, _generation) = self.store.apply_remote(&inserts, &deletes, &changes).await?;
                 Ok((inserts, declined, removed))
             })
@@ -620,28 +630,80 @@ impl Agent {
                 if ids.is_empty() {
                     break;
                 }
-                let labels = self.store.evict(&namespace, &ids).await?;
-                self.replica
-                    .lock()
-                    .evict(ids.iter().map(|id| murmur_sync::MemoryId(id.into_bytes())));
-                for label in &labels {
-                    self.index.remove(*label)?;
-                }
-                {
-                    let mut attrs = self.attrs_write();
-                    for label in &labels {
-                        attrs.remove(*label);
-                    }
-                }
-                self.index_dirty.store(true, Ordering::Release);
-                self.metrics.retention_evicted.inc_by(labels.len() as u64);
-                tracing::debug!(%namespace, evicted = labels.len(), "retention let memories from other devices go");
+                let evicted = self.evict(&namespace, &ids).await?;
+                self.metrics.retention_evicted.inc_by(evicted as u64);
+                tracing::debug!(%namespace, evicted, "retention let memories from other devices go");
                 if ids.len() < crate::retention::EVICTIONS_PER_PASS {
                     break;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Makes room for `incoming` bytes under the disk quota by letting go of the oldest
+    /// memories from other devices, across namespaces, as retention would. Once over, it goes
+    /// down to [`QUOTA_LOW_WATER`] of the quota, so the database's own growth (sled's log grows
+    /// by segments) does not make the very next write refuse, and evictions come in runs rather
+    /// than one per write. Does nothing when that cannot make the room (this device's own
+    /// writes are never let go): the caller's quota check then refuses or declines. The caller
+    /// holds the write guard.
+    async fn make_room(&self, incoming: u64) -> Result<()> {
+        let quota = self.config.disk_quota_bytes;
+        if quota == 0 {
+            return Ok(());
+        }
+        let wanted = self.disk_bytes()? + incoming;
+        if wanted < quota {
+            return Ok(());
+        }
+        let low_water = (quota as f64 * QUOTA_LOW_WATER) as u64;
+        let need = wanted - low_water;
+        if self.store.evictable_bytes()? < need {
+            return Ok(());
+        }
+        let mut freed = 0u64;
+        while freed < need {
+            let mut taken = 0usize;
+            let oldest = self.store.oldest_evictable_anywhere(|_, len| {
+                let take = freed < need && taken < crate::retention::EVICTIONS_PER_PASS;
+                if take {
+                    freed += len;
+                    taken += 1;
+                }
+                take
+            })?;
+            if oldest.is_empty() {
+                break;
+            }
+            for (namespace, ids) in oldest {
+                let evicted = self.evict(&namespace, &ids).await?;
+                self.metrics.quota_evicted.inc_by(evicted as u64);
+                tracing::debug!(%namespace, evicted, "the disk quota let memories from other devices go");
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets these memories from other devices go here: durably out of the store first, then
+    /// out of the replica (never asked for again), the index and the filter facts. Returns how
+    /// many it let go. The caller holds the write guard.
+    async fn evict(&self, namespace: &str, ids: &[Uuid]) -> Result<usize> {
+        let labels = self.store.evict(namespace, ids).await?;
+        self.replica
+            .lock()
+            .evict(ids.iter().map(|id| murmur_sync::MemoryId(id.into_bytes())));
+        for label in &labels {
+            self.index.remove(*label)?;
+        }
+        {
+            let mut attrs = self.attrs_write();
+            for label in &labels {
+                attrs.remove(*label);
+            }
+        }
+        self.index_dirty.store(true, Ordering::Release);
+        Ok(labels.len())
     }
 
     /// Applies the retention policy to every namespace holding memories from other devices:
@@ -1056,4 +1118,21 @@ fn unit_length(vector: &[f32]) -> Vec<f32> {
         .sum::<f64>()
         .sqrt();
     vector.iter().map(|&v| (f64::from(v) / norm) as f32).collect()
+}
+
+/// The share of the disk quota that making room goes down to.
+const QUOTA_LOW_WATER: f64 = 0.9;
+
+/// About what a draft's signed record takes on disk (text, metadata, tags, names, the vector
+/// at f16, signature and ids), to know how much room a local write needs before it is signed.
+fn draft_bytes(draft: &murmur_sync::MemoryDraft) -> u64 {
+    let tags: usize = draft.tags.iter().map(|tag| tag.len() + 1).sum();
+    let bytes = draft.text.len()
+        + draft.metadata_json.len()
+        + tags
+        + draft.namespace.len()
+        + draft.model_id.len()
+        + draft.vector.len() * 2
+        + 160;
+    bytes as u64
 }

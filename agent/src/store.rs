@@ -16,7 +16,7 @@
 //! a unique sequence number) and is written in the same transactions as the memories it
 //! describes, so the two never disagree after a crash.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 use sled::{
@@ -83,7 +83,7 @@ struct CountDelta {
     memories: i64,
     tombstones: i64,
     /// Per namespace: evictable memories and their body bytes.
-    evictable: std::collections::BTreeMap<String, (i64, i64)>,
+    evictable: BTreeMap<String, (i64, i64)>,
 }
 
 /// How many memories from other authors a namespace holds here, and their bodies' bytes.
@@ -310,6 +310,17 @@ fn put_rows(tree: &TransactionalTree, rows: &[(Vec<u8>, Vec<u8>)]) -> TxResult {
         tree.insert(key.as_slice(), value.as_slice())?;
     }
     Ok(())
+}
+
+/// The next (id, body bytes) of an `evictable` scan.
+fn next_evictable(scan: &mut sled::Iter) -> Result<Option<(Uuid, u64)>> {
+    let Some(item) = scan.next() else {
+        return Ok(None);
+    };
+    let (key, value) = item?;
+    let id = uuid_suffix(&key);
+    let len = decode_u32(&format!("evictable/{id}"), &value)?;
+    Ok(Some((id, u64::from(len))))
 }
 
 /// A stored big-endian u64 (`key` names it in the error). A damaged one is an error, never 0:
@@ -1031,7 +1042,7 @@ impl Store {
         for item in self.meta.scan_prefix(EVICTABLE_COUNTS_PREFIX).keys() {
             self.meta.remove(item?)?;
         }
-        let mut counts: std::collections::BTreeMap<String, Evictable> = Default::default();
+        let mut counts: BTreeMap<String, Evictable> = Default::default();
         for item in self.memories.iter() {
             let (key, value) = item?;
             let id = uuid_suffix(&key);
@@ -1085,6 +1096,15 @@ impl Store {
             .collect()
     }
 
+    /// Body bytes of every evictable memory, from the per-namespace counts.
+    pub fn evictable_bytes(&self) -> Result<u64> {
+        Ok(self
+            .evictable_namespaces()?
+            .iter()
+            .map(|(_, held)| held.bytes)
+            .sum())
+    }
+
     /// The evictable memories of `namespace`, oldest first, for as long as `take` says yes to
     /// each (id, body bytes): reads only what it returns and one entry more.
     pub fn oldest_evictable(
@@ -1092,19 +1112,51 @@ impl Store {
         namespace: &str,
         mut take: impl FnMut(Uuid, u64) -> bool,
     ) -> Result<Vec<Uuid>> {
-        let mut prefix = namespace.as_bytes().to_vec();
-        prefix.push(0);
+        let mut oldest = self.evictable_in(namespace);
         let mut ids = Vec::new();
-        for item in self.evictable.scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let id = uuid_suffix(&key);
-            let len = decode_u32(&format!("evictable/{id}"), &value)?;
-            if !take(id, u64::from(len)) {
+        while let Some((id, len)) = next_evictable(&mut oldest)? {
+            if !take(id, len) {
                 break;
             }
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// As [`Store::oldest_evictable`], over every namespace at once: the oldest of all comes
+    /// first (ids begin with their creation time). Returns the ids by namespace.
+    pub fn oldest_evictable_anywhere(
+        &self,
+        mut take: impl FnMut(Uuid, u64) -> bool,
+    ) -> Result<BTreeMap<String, Vec<Uuid>>> {
+        let mut heads = Vec::new();
+        for (namespace, _) in self.evictable_namespaces()? {
+            let mut oldest = self.evictable_in(&namespace);
+            if let Some(head) = next_evictable(&mut oldest)? {
+                heads.push((head, namespace, oldest));
+            }
+        }
+        let mut taken: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+        while let Some(at) = (0..heads.len()).min_by_key(|&i| heads[i].0.0) {
+            let ((id, len), namespace, oldest) = &mut heads[at];
+            if !take(*id, *len) {
+                break;
+            }
+            taken.entry(namespace.clone()).or_default().push(*id);
+            match next_evictable(oldest)? {
+                Some(next) => heads[at].0 = next,
+                None => {
+                    heads.swap_remove(at);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    fn evictable_in(&self, namespace: &str) -> sled::Iter {
+        let mut prefix = namespace.as_bytes().to_vec();
+        prefix.push(0);
+        self.evictable.scan_prefix(prefix)
     }
 
     /// Lets held memories of `namespace` go by a retention policy, durably: their bodies are

@@ -1,7 +1,8 @@
 //! Retention on a device: an agent that keeps at most 1,000 memories of a namespace from other
 //! devices holds the newest 1,000 of the 5,000 another agent writes there, while the manager
 //! and the writer hold all 5,000; a clean restart, a kill -9 and the anti-entropy rounds after
-//! each bring none of the others back, and the three still agree on what exists.
+//! each bring none of the others back, and the three still agree on what exists. Past its disk
+//! quota an agent evicts in the same order instead of declining what peers send.
 
 use std::collections::BTreeSet;
 
@@ -172,4 +173,118 @@ fn a_device_keeps_the_newest_of_a_namespace_and_nothing_refills_it() {
         keeper.stats()["sync"]["evicted_bodies"],
         json!(WRITTEN - KEPT - 1)
     );
+}
+
+/// The metric's value in an exposition, 0 where it is absent.
+fn metric(agent: &AgentProcess, name: &str) -> f64 {
+    let reply = agent.client.get("/metrics").expect("metrics");
+    let body = reply.body.as_str().expect("a text exposition");
+    body.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn past_its_disk_quota_a_device_evicts_the_oldest_from_other_devices_instead_of_declining() {
+    const ROUND: usize = 2_000;
+    const OVER: u64 = 2 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let manager = ManagerProcess::start(&dir.path().join("manager"), "127.0.0.1:0", &["--no-model"]);
+    let writer = agent_for(&dir.path().join("writer"), &manager.uplink, &[]);
+    let kept_dir = dir.path().join("kept");
+    let keeper = agent_for(&kept_dir, &manager.uplink, &[]);
+    let own: Vec<String> = (0..3)
+        .map(|i| keeper.add(json!({"namespace": "telemetry", "text": format!("the keeper's own reading {i}"), "vector": vec![0.5f32; 384]})))
+        .collect();
+    // ~7 KB a memory, in two namespaces, so that bodies outweigh sled's own files (a few MB
+    // of log segments, whatever is evicted).
+    let mut rng = Lcg(12);
+    let mut round = |first: usize| -> Vec<Value> {
+        (first..first + ROUND)
+            .map(|i| {
+                let namespace = if i % 2 == 0 { "telemetry" } else { "logs" };
+                json!({
+                    "namespace": namespace,
+                    "text": format!("image caption {i}: {}", "a pallet by the dock door ".repeat(230)),
+                    "vector": vector(&mut rng),
+                })
+            })
+            .collect()
+    };
+    let converged = |keeper: &AgentProcess, total: usize| {
+        let stats = keeper.stats();
+        manager.live() == total as u64
+            && digest(keeper) == digest(&writer)
+            && digest(&writer) == manager.overview()["manager"]["root_digest"]
+            && stats["sync"]["awaiting_bodies"] == 0
+            && stats["sync"]["visible"] == stats["memories"]
+            && stats["memories"].as_u64().is_some_and(|held| {
+                held + stats["sync"]["evicted_bodies"].as_u64().unwrap_or(0)
+                    + stats["sync"]["declined_bodies"].as_u64().unwrap_or(0)
+                    == total as u64
+            })
+    };
+
+    // The device fills up with what the writer sends, then gets a quota below what it holds.
+    let mut written = writer.add_all(&round(0), 100);
+    wait_until(240, "the keeper to hold the first round", || {
+        converged(&keeper, ROUND + own.len()) && keeper.stats()["memories"] == json!(ROUND + own.len())
+    });
+    // sled's files settle at a restart: measure after one.
+    keeper.stop();
+    let keeper = agent_for(&kept_dir, &manager.uplink, &[]);
+    let full = keeper.stats()["disk_bytes"].as_u64().expect("disk bytes");
+    keeper.stop();
+    let quota = (full - OVER).to_string();
+    let keeper = agent_for(&kept_dir, &manager.uplink, &["--disk-quota-bytes", &quota]);
+    written.extend(writer.add_all(&round(ROUND), 100));
+    written.sort();
+    let total = 2 * ROUND + own.len();
+    wait_until(240, "the keeper to agree with the swarm", || {
+        converged(&keeper, total)
+    });
+
+    let stats = keeper.stats();
+    assert_eq!(stats["sync"]["declined_bodies"], 0, "{stats}");
+    assert_eq!(metric(&keeper, "murmur_agent_quota_declined_total"), 0.0);
+    let held: BTreeSet<String> = held_ids(&keeper, "telemetry")
+        .into_iter()
+        .chain(held_ids(&keeper, "logs"))
+        .collect();
+    for id in &own {
+        assert!(held.contains(id), "the keeper's own memory {id} was evicted");
+    }
+    // What it holds of the writer's are the newest of both namespaces together.
+    let kept = written.iter().filter(|id| held.contains(*id)).count();
+    assert!(
+        (50..2 * ROUND).contains(&kept),
+        "kept {kept} of {}: {stats}",
+        2 * ROUND
+    );
+    assert!(
+        written[..2 * ROUND - kept].iter().all(|id| !held.contains(id)),
+        "the keeper kept {kept} memories but not the newest {kept}"
+    );
+    assert_eq!(
+        metric(&keeper, "murmur_agent_quota_evicted_total"),
+        (2 * ROUND - kept) as f64,
+        "{stats}"
+    );
+    let used = stats["disk_bytes"].as_u64().expect("disk bytes");
+    assert!(
+        used < full - OVER + 2 * 1024 * 1024,
+        "{used} bytes on disk for a quota of {quota}"
+    );
+    assert_eq!(writer.status_of(&written[0]), 200);
+    assert_eq!(manager.status_of(&written[0]), 200);
+
+    // Its own writes still find room, made of what others hold.
+    let before = metric(&keeper, "murmur_agent_quota_evicted_total");
+    let extra: Vec<Value> = (0..400)
+        .map(|i| json!({"namespace": "telemetry", "text": format!("own caption {i}: {}", "a forklift ".repeat(500)), "vector": vector(&mut rng)}))
+        .collect();
+    assert_eq!(keeper.add_all(&extra, 100).len(), 400);
+    assert!(metric(&keeper, "murmur_agent_quota_evicted_total") > before);
 }
