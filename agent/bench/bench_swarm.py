@@ -156,7 +156,11 @@ def main():
             time.sleep(0.5)
         time.sleep(3)
 
+        # Traffic with nothing written (gossipsub heartbeats and IHAVE, anti-entropy rounds,
+        # pings), so the per-memory cost can be told apart from what time alone costs.
+        idle_wire_start, idle_start = wire_bytes_sent(agents), time.time()
         idle_cpu, idle_rss = sample(agents, 10)
+        idle_wire_per_s = (wire_bytes_sent(agents) - idle_wire_start) / (time.time() - idle_start)
         bytes_before = sum(swarm_bytes_out(a["url"]) for a in agents)
         wire_before = wire_bytes_sent(agents)
 
@@ -203,6 +207,7 @@ def main():
         peers = len(agents) - 1
         per_memory_per_peer = (bytes_after - bytes_before) / args.memories / peers
         wire_per_memory_per_peer = (wire_after - wire_before) / args.memories / peers
+        idle_per_memory_per_peer = idle_wire_per_s * load_seconds / args.memories / peers
         payload = 2 * 384 + len("load memory 50")
 
         p50, p95, mx = pct(latencies, 50), pct(latencies, 95), max(latencies)
@@ -214,6 +219,9 @@ def main():
         print(f"| time until held by all peers, p95 | {p95:.1f} ms | {ideal_ms:.3f} ms | {p95 / ideal_ms:.0f} |")
         print(f"| time until held by all peers, max | {mx:.1f} ms | {ideal_ms:.3f} ms | {mx / ideal_ms:.0f} |")
         print(f"| bytes on the wire per memory per peer (TCP payload from all agents' swarm sockets) | {wire_per_memory_per_peer:.0f} B | raw payload {payload} B | {wire_per_memory_per_peer / payload:.2f} |")
+        print(f"| of which idle traffic (the swarm's {idle_wire_per_s / 1024:.1f} KiB/s with nothing written, over the load's {load_seconds:.0f} s) | {idle_per_memory_per_peer:.0f} B | - | - |")
+        beyond = wire_per_memory_per_peer - idle_per_memory_per_peer
+        print(f"| bytes per memory per peer beyond idle traffic | {beyond:.0f} B | raw payload {payload} B | {beyond / payload:.2f} |")
         print(f"| of which sync messages the engines sent (origin pushes + anti-entropy, no relays) | {per_memory_per_peer:.0f} B | - | - |")
         print(f"| CPU per agent idle, mean / max | {statistics.mean(idle_cpu):.2f}% / {max(idle_cpu):.2f}% of a core | - | - |")
         print(f"| CPU per agent under load, mean / max | {statistics.mean(load_cpu):.2f}% / {max(load_cpu):.2f}% of a core | - | - |")

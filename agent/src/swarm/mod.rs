@@ -151,14 +151,12 @@ pub async fn start(
     let psk = settings.psk()?;
     let max_bytes = agent.replica().max_message_bytes();
     let config = agent.replica().sync_config();
-    // Peers of one swarm share shards and admins; the topic names the swarm by them.
-    let topic = gossipsub::IdentTopic::new(format!("murmur/push/v1/{}", config.shards));
+    let topic = settings.gossip.topic(config.shards);
 
     let behaviour = |key: &Keypair, relay_client: relay::client::Behaviour| -> anyhow::Result<Behaviour> {
         let gossip_config = settings.gossip.gossipsub_config(max_bytes)?;
-        let gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
-                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(settings.gossip.authenticity(key), gossip_config)
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
         let sync = request_response::Behaviour::new(
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
