@@ -229,6 +229,7 @@ fn past_its_disk_quota_a_device_evicts_the_oldest_from_other_devices_instead_of_
 
     // The device fills up with what the writer sends, then gets a quota below what it holds.
     let mut written = writer.add_all(&round(0), 100);
+    let first_round: BTreeSet<String> = written.iter().cloned().collect();
     wait_until(240, "the keeper to hold the first round", || {
         converged(&keeper, ROUND + own.len()) && keeper.stats()["memories"] == json!(ROUND + own.len())
     });
@@ -256,16 +257,28 @@ fn past_its_disk_quota_a_device_evicts_the_oldest_from_other_devices_instead_of_
     for id in &own {
         assert!(held.contains(id), "the keeper's own memory {id} was evicted");
     }
-    // What it holds of the writer's are the newest of both namespaces together.
+    // The oldest go first, across both namespaces: the first round, all held when the quota
+    // came and older than all of the second, is gone before any of the second goes. Within
+    // the second, what it keeps is the newest but for a few that arrived late (anti-entropy
+    // after pushes) and were not needed out yet.
     let kept = written.iter().filter(|id| held.contains(*id)).count();
     assert!(
-        (50..2 * ROUND).contains(&kept),
+        (50..ROUND).contains(&kept),
         "kept {kept} of {}: {stats}",
         2 * ROUND
     );
+    let first_kept = first_round.iter().filter(|id| held.contains(*id)).count();
+    assert_eq!(
+        first_kept, 0,
+        "{first_kept} of the oldest round kept while newer ones went"
+    );
+    let newest_kept = written[2 * ROUND - kept..]
+        .iter()
+        .filter(|id| held.contains(*id))
+        .count();
     assert!(
-        written[..2 * ROUND - kept].iter().all(|id| !held.contains(id)),
-        "the keeper kept {kept} memories but not the newest {kept}"
+        newest_kept * 10 >= kept * 9,
+        "of the {kept} memories kept only {newest_kept} are among the newest {kept}"
     );
     assert_eq!(
         metric(&keeper, "murmur_agent_quota_evicted_total"),
