@@ -213,9 +213,10 @@ impl BodyFile {
             .map_err(io_error(&self.path, "reading its block size"))?
             .blksize()
             .max(512);
+        let mut scratch = vec![0u8; block as usize];
         for slot in slots {
             if self.punch_hole(slot.offset, u64::from(slot.len)) {
-                self.free_zeroed_edges(*slot, block);
+                self.free_zeroed_edges(*slot, block, &mut scratch);
             } else {
                 self.file
                     .write_all_at(&vec![0u8; slot.len as usize], slot.offset)
@@ -230,7 +231,7 @@ impl BodyFile {
     /// Frees the blocks at the slot's ends once they read all zeros: punching zeros loses
     /// nothing, whatever body they belong to. The block an append may still be filling is
     /// left alone, under the lock appends take.
-    fn free_zeroed_edges(&self, slot: Slot, block: u64) {
+    fn free_zeroed_edges(&self, slot: Slot, block: u64, bytes: &mut [u8]) {
         if slot.len == 0 {
             return;
         }
@@ -242,12 +243,11 @@ impl BodyFile {
         } else {
             vec![first, last]
         };
-        let mut bytes = vec![0u8; block as usize];
         for start in edges {
             if start + block > *end {
                 continue;
             }
-            let zeroed = self.file.read_exact_at(&mut bytes, start).is_ok() && bytes.iter().all(|b| *b == 0);
+            let zeroed = self.file.read_exact_at(bytes, start).is_ok() && bytes.iter().all(|b| *b == 0);
             if zeroed {
                 self.punch_hole(start, block);
             }

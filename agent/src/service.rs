@@ -325,7 +325,7 @@ impl Agent {
             .collect::<Result<Vec<_>>>()?;
         // Refused before the embedding's cost when nothing could make room (the quota is
         // checked again, after making room, under the write lock).
-        if self.store.evictable_bytes()? == 0 {
+        if self.quota_exceeded()?.is_some() && self.store.evictable_bytes()? == 0 {
             self.check_quota()?;
         }
 
